@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates .venv on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; the host (ComfyUI, A1111) owns torch, so it is not in
+# the project's base dependencies.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.spare-installed
+
+.PHONY: demo test bench lint train-toy clean
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m spare_core.cli demo --out outputs
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/toy_quality.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+train-toy: $(STAMP)
+	$(PY) -m spare_core.toy.train --out spare_core/toy/weights
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,91 @@
+"""Object and style classifiers for the toy world: they judge generations.
+
+Small CNNs trained on freshly rendered images, half of them degraded the way
+generations look (blur, noise), so that they stay reliable on model outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .world import OBJECTS, STYLES, degrade, render
+
+logger = logging.getLogger(__name__)
+
+
+class ToyClassifier(nn.Module):
+    """A four-stage CNN over 32 x 32 images in [-1, 1]."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for mult in (1, 2, 4):
+            out = width * mult
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.GroupNorm(8, out),
+                nn.SiLU(),
+                nn.Conv2d(out, out, 3, padding=1),
+                nn.GroupNorm(8, out),
+                nn.SiLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class index per image."""
+        was_training = self.training
+        self.eval()
+        preds = [self(images[i : i + batch_size].float()).argmax(-1) for i in range(0, len(images), batch_size)]
+        self.train(was_training)
+        return torch.cat(preds)
+
+
+def _training_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    obj = torch.randint(len(OBJECTS), (n,), generator=gen)
+    sty = torch.randint(len(STYLES), (n,), generator=gen)
+    images = render(obj, sty, gen)
+    # Half the batch is degraded with a random blur and noise level.
+    half = n // 2
+    sigma = float(torch.rand(1, generator=gen)) * 1.3
+    noise = float(torch.rand(1, generator=gen)) * 0.15
+    images[:half] = degrade(images[:half], gen, blur_sigma=sigma, noise_std=noise)
+    return images.clamp(-1.5, 1.5), obj, sty
+
+
+def train_classifiers(
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[ToyClassifier, ToyClassifier]:
+    """Train the object and the style classifier side by side on the same batches."""
+    torch.manual_seed(seed)
+    object_clf, style_clf = ToyClassifier(len(OBJECTS)), ToyClassifier(len(STYLES))
+    params = list(object_clf.parameters()) + list(style_clf.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        images, obj, sty = _training_batch(batch_size, gen)
+        loss = F.cross_entropy(object_clf(images), obj) + F.cross_entropy(style_clf(images), sty)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step, float(loss))
+    return object_clf.eval(), style_clf.eval()

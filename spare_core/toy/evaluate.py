@@ -1,0 +1,141 @@
+"""Generate from the toy model and judge the results with the toy classifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image, ImageDraw
+
+from .classifier import ToyClassifier
+from .world import EVAL_TEMPLATE, IMAGE_SIZE, OBJECTS, STYLES
+
+#: Sampling defaults for the toy model (DDIM steps, classifier-free guidance).
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 5.0
+
+
+@torch.no_grad()
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """One image per (prompt, seed) pair, as a float tensor [N, 3, H, W] in [-1, 1].
+
+    Each image's initial noise comes from its own seed, so an image does not
+    depend on what else is in the batch.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    device = pipe.unet.device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk_prompts = list(prompts[i : i + batch_size])
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
+        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, pipe.unet.dtype)
+        images = pipe(
+            prompt=chunk_prompts,
+            latents=latents,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            output_type="pt",
+        ).images
+        out.append(images.float().cpu() * 2 - 1)
+    return torch.cat(out)
+
+
+@dataclass
+class GridResult:
+    """Generations of every object x style prompt and how the classifiers read them."""
+
+    images: torch.Tensor  # [len(objects) * len(styles) * seeds, 3, H, W]
+    object_labels: torch.Tensor
+    style_labels: torch.Tensor
+    object_pred: torch.Tensor
+    style_pred: torch.Tensor
+
+    @property
+    def object_accuracy(self) -> float:
+        return float((self.object_pred == self.object_labels).float().mean())
+
+    @property
+    def style_accuracy(self) -> float:
+        return float((self.style_pred == self.style_labels).float().mean())
+
+    def accuracy_by(self, attribute: str) -> dict[str, dict[str, float]]:
+        """Object and style accuracy per object (``attribute='object'``) or per style."""
+        labels = self.object_labels if attribute == "object" else self.style_labels
+        names = OBJECTS if attribute == "object" else STYLES
+        table = {}
+        for idx, name in enumerate(names):
+            sel = labels == idx
+            if sel.any():
+                table[name] = {
+                    "object_accuracy": float((self.object_pred[sel] == self.object_labels[sel]).float().mean()),
+                    "style_accuracy": float((self.style_pred[sel] == self.style_labels[sel]).float().mean()),
+                }
+        return table
+
+
+def generate_grid(
+    pipe: StableDiffusionPipeline,
+    object_clf: ToyClassifier,
+    style_clf: ToyClassifier,
+    seeds: Sequence[int],
+    objects: Sequence[str] = OBJECTS,
+    styles: Sequence[str] = STYLES,
+    template: str = EVAL_TEMPLATE,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> GridResult:
+    """Generate ``template`` for every object x style x seed and classify the images.
+
+    Images are ordered seed-major, then object, then style.
+    """
+    triples = [(s, o, st) for s in seeds for o in objects for st in styles]
+    prompts = [template.format(object=o, style=st) for _, o, st in triples]
+    images = generate(pipe, prompts, [s for s, _, _ in triples], steps=steps, guidance_scale=guidance_scale)
+    object_labels = torch.tensor([OBJECTS.index(o) for _, o, _ in triples])
+    style_labels = torch.tensor([STYLES.index(st) for _, _, st in triples])
+    return GridResult(images, object_labels, style_labels, object_clf.predict(images), style_clf.predict(images))
+
+
+def to_pil(image: torch.Tensor, scale: int = 4) -> Image.Image:
+    """One [3, H, W] image in [-1, 1] as a PIL image, upscaled without smoothing."""
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+
+
+def grid_image(
+    images: torch.Tensor,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    scale: int = 4,
+    marks: torch.Tensor | None = None,
+) -> Image.Image:
+    """A labelled grid of images (row-major); ``marks`` (bool per image) draws a red frame."""
+    rows, cols = len(row_labels), len(col_labels)
+    if len(images) != rows * cols:
+        raise ValueError(f"{len(images)} images do not fill a {rows} x {cols} grid")
+    cell = IMAGE_SIZE * scale
+    left, top, pad = 70, 18, 2
+    canvas = Image.new("RGB", (left + cols * (cell + pad), top + rows * (cell + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * (cell + pad) + 4, 3), label, fill="black")
+    for r, label in enumerate(row_labels):
+        draw.text((4, top + r * (cell + pad) + cell // 2 - 6), label, fill="black")
+        for c in range(cols):
+            x, y = left + c * (cell + pad), top + r * (cell + pad)
+            canvas.paste(to_pil(images[r * cols + c], scale), (x, y))
+            if marks is not None and bool(marks[r * cols + c]):
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="red", width=2)
+    return canvas

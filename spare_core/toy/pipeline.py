@@ -1,0 +1,95 @@
+"""Load the shipped toy model as a diffusers ``StableDiffusionPipeline``, offline.
+
+The components are built from the configs in ``model.py`` and filled from the
+safetensors files in ``weights/``, whose sha256 the manifest records. Nothing is
+fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from .classifier import ToyClassifier
+from .model import build_sample_scheduler, build_text_encoder, build_unet
+from .text import build_tokenizer
+from .vae import PixelShuffleVAE
+from .world import OBJECTS, STYLES
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class ToyWeightsError(RuntimeError):
+    """The shipped weights are missing or do not match their manifest."""
+
+
+def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict:
+    path = Path(weights_dir) / "manifest.json"
+    if not path.exists():
+        raise ToyWeightsError(
+            f"no toy model in {weights_dir}: manifest.json is missing. "
+            "Train one with `python -m spare_core.toy.train --out <folder>`."
+        )
+    return json.loads(path.read_text())
+
+
+def _load_checked(weights_dir: Path, name: str, manifest: dict, verify: bool) -> dict[str, torch.Tensor]:
+    path = Path(weights_dir) / name
+    if not path.exists():
+        raise ToyWeightsError(f"toy weight file {path} is missing; re-clone the repository or retrain the toy model")
+    if verify:
+        expected = manifest["files"][name]["sha256"]
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise ToyWeightsError(
+                f"{path} does not match manifest.json (sha256 {actual[:12]}..., expected {expected[:12]}...); "
+                "it may be a Git LFS pointer or a partial download"
+            )
+    return load_file(path)
+
+
+def load_toy_pipeline(
+    weights_dir: str | Path = WEIGHTS_DIR,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+) -> StableDiffusionPipeline:
+    """The toy text-to-image model as a ``StableDiffusionPipeline``."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    unet = build_unet()
+    unet.load_state_dict(_load_checked(weights_dir, "unet.safetensors", manifest, verify))
+    text_encoder = build_text_encoder()
+    text_encoder.load_state_dict(_load_checked(weights_dir, "text_encoder.safetensors", manifest, verify))
+    pipe = StableDiffusionPipeline(
+        vae=PixelShuffleVAE(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=build_tokenizer(),
+        unet=unet.eval(),
+        scheduler=build_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def load_toy_classifiers(
+    weights_dir: str | Path = WEIGHTS_DIR, verify: bool = True
+) -> tuple[ToyClassifier, ToyClassifier]:
+    """The shipped (object, style) classifiers, in eval mode."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    object_clf, style_clf = ToyClassifier(len(OBJECTS)), ToyClassifier(len(STYLES))
+    object_clf.load_state_dict(_load_checked(weights_dir, "object_classifier.safetensors", manifest, verify))
+    style_clf.load_state_dict(_load_checked(weights_dir, "style_classifier.safetensors", manifest, verify))
+    return object_clf.eval(), style_clf.eval()
