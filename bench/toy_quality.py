@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spare_core.fileio import write_json  # noqa: E402
-from spare_core.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, generate_grid  # noqa: E402
-from spare_core.toy.pipeline import WEIGHTS_DIR, load_toy_classifiers, load_toy_pipeline, read_manifest  # noqa: E402
-from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE  # noqa: E402
+from spare_core.fileio import write_json
+from spare_core.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from spare_core.toy.evaluate import generate_grid
+from spare_core.toy.pipeline import WEIGHTS_DIR, load_toy_classifiers, load_toy_pipeline, read_manifest
+from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE
 
 # Seeds no test or demo uses.
 DEFAULT_SEEDS = (101, 202, 303, 404)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -46,6 +46,14 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), write)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic_write(Path(path), write)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

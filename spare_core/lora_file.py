@@ -158,7 +158,8 @@ def save_lora_file(
 # ---------------------------------------------------------------- loading
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file, with a clear error for anything else."""
     if not path.is_file():
         raise LoraFileError(f"LoRA file {path} does not exist")
     try:
@@ -302,7 +303,7 @@ def load_lora_file(
     Raises :class:`LoraFileError` with a message that says what is wrong with the file.
     """
     path = Path(path)
-    tensors, metadata = _read(path)
+    tensors, metadata = read_safetensors(path)
     _check_arch(path, metadata, expected_arch)
     layers = _group(path, tensors)
     weights = {layer: _module_weights(path, layer, parts) for layer, parts in layers.items()}

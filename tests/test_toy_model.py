@@ -2,7 +2,8 @@
 
 import torch
 
-from spare_core.toy.evaluate import generate, generate_grid
+from spare_core.sampling import generate
+from spare_core.toy.evaluate import generate_grid
 from spare_core.toy.world import OBJECTS, STYLES, degrade, labelled_set
 
 

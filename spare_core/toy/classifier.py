@@ -87,5 +87,5 @@ def train_classifiers(
         opt.step()
         sched.step()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, loss.item())
     return object_clf.eval(), style_clf.eval()

@@ -9,46 +9,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
 from .classifier import ToyClassifier
 from .world import EVAL_TEMPLATE, IMAGE_SIZE, OBJECTS, STYLES
-
-#: Sampling defaults for the toy model (DDIM steps, classifier-free guidance).
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 5.0
-
-
-@torch.no_grad()
-def generate(
-    pipe: StableDiffusionPipeline,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """One image per (prompt, seed) pair, as a float tensor [N, 3, H, W] in [-1, 1].
-
-    Each image's initial noise comes from its own seed, so an image does not
-    depend on what else is in the batch.
-    """
-    if len(prompts) != len(seeds):
-        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    device = pipe.unet.device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk_prompts = list(prompts[i : i + batch_size])
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
-        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, pipe.unet.dtype)
-        images = pipe(
-            prompt=chunk_prompts,
-            latents=latents,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            output_type="pt",
-        ).images
-        out.append(images.float().cpu() * 2 - 1)
-    return torch.cat(out)
 
 
 @dataclass

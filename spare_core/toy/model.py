@@ -48,9 +48,7 @@ UNET_CONFIG: dict[str, Any] = dict(
 #: (steps_offset 1, clip_sample False), so evaluation sees the shipped scheduler.
 SCHEDULER_CONFIG: dict[str, Any] = dict(
     num_train_timesteps=1000,
-    beta_schedule="linear",
-    beta_start=0.0001,
-    beta_end=0.02,
+    beta_schedule="squaredcos_cap_v2",
     prediction_type="epsilon",
     clip_sample=False,
 )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..fileio import save_safetensors, write_json
 from .classifier import train_classifiers
 from .model import (
@@ -104,7 +105,7 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return float(loss)
+        return loss.item()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -125,10 +126,7 @@ class Trainer:
             for k, v in module.state_dict().items():
                 tensors[f"model.{name}.{k}"] = v
                 tensors[f"ema.{name}.{k}"] = self.ema[name][k]
-        opt_state = self.optimizer.state_dict()["state"]
-        for idx, state in opt_state.items():
-            for k, v in state.items():
-                tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors.update(optimizer_tensors(self.optimizer))
         tensors["step"] = torch.tensor(self.step)
         return tensors
 
@@ -137,14 +135,7 @@ class Trainer:
             prefix, ema_prefix = f"model.{name}.", f"ema.{name}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             self.ema[name] = {k[len(ema_prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(ema_prefix)}
-        opt_sd = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, v in tensors.items():
-            if key.startswith("opt."):
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = v
-        opt_sd["state"] = state
-        self.optimizer.load_state_dict(opt_sd)
+        load_optimizer_tensors(self.optimizer, tensors)
         self.step = int(tensors["step"])
 
 

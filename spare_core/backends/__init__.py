@@ -1,0 +1,1 @@
+"""Backends that implement :class:`spare_core.backend.DiffusionBackend`."""

@@ -1,0 +1,115 @@
+"""One serialisable configuration for an erasure: stored in the LoRA file so a result can be traced and re-run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from .saliency import SALIENCY_MODES
+
+TIMESTEP_MODES = ("profile", "uniform")
+MODULE_SCOPES = ("all", "attention", "cross_attention")
+
+
+@dataclass
+class ConceptPair:
+    """Erase ``concept``; the model should draw ``surrogate`` instead."""
+
+    concept: str
+    surrogate: str
+
+
+@dataclass
+class ErasureConfig:
+    """Everything that decides an erasure's result (with the base model and seed)."""
+
+    concepts: list[ConceptPair]
+    base_model: str = "toy"
+    # Forget / retain sets: images the frozen model generates for these prompts
+    # (None: the automatic prompt sets of spare_core.prompts).
+    forget_prompts: list[str] | None = None
+    retain_prompts: list[str] | None = None
+    images_per_prompt: int = 4
+    retain_images: int = 64
+    sample_steps: int = 20
+    sample_guidance: float = 5.0
+    # Saliency: which modules carry the adapter.
+    saliency_mode: str = "forget_over_retain"
+    module_scope: str = "all"
+    top_k: int | None = 8
+    module_fraction: float | None = None
+    channel_fraction: float = 1.0  # < 1: structured row mask inside each selected module
+    saliency_batches: int = 4
+    # Timestep targeting.
+    timestep_mode: str = "profile"
+    profile_points: int = 20
+    profile_gamma: float = 1.0
+    profile_floor: float = 0.2
+    profile_contrast: bool = True
+    # Adapter and training.
+    rank: int = 4
+    alpha: float = 4.0
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eta: float = 1.0  # surrogate guidance in the forget target (0: pure self-distillation)
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+    seed: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> ErasureConfig:
+        """Raise ValueError with a message that says what to change."""
+        if not self.concepts:
+            raise ValueError("no concept to erase: give at least one concept")
+        for pair in self.concepts:
+            if not pair.concept.strip():
+                raise ValueError("the concept is empty: name what to erase")
+            if not pair.surrogate.strip():
+                raise ValueError(f"the surrogate for {pair.concept!r} is empty: name what to draw instead")
+            if pair.concept.strip().lower() == pair.surrogate.strip().lower():
+                raise ValueError(f"the concept and its surrogate are both {pair.concept!r}; choose another surrogate")
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.images_per_prompt < 1 or self.retain_images < 1:
+            raise ValueError("images per prompt and retain images must be at least 1")
+        if self.saliency_mode not in SALIENCY_MODES:
+            raise ValueError(f"unknown saliency mode {self.saliency_mode!r}; use one of {', '.join(SALIENCY_MODES)}")
+        if self.module_scope not in MODULE_SCOPES:
+            raise ValueError(f"unknown module scope {self.module_scope!r}; use one of {', '.join(MODULE_SCOPES)}")
+        if self.timestep_mode not in TIMESTEP_MODES:
+            raise ValueError(f"unknown timestep mode {self.timestep_mode!r}; use profile or uniform")
+        if self.top_k is None and self.module_fraction is None:
+            raise ValueError("give top_k or module_fraction to choose how many modules carry the adapter")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.module_fraction is not None and not 0 < self.module_fraction <= 1:
+            raise ValueError(f"module fraction must lie in (0, 1], got {self.module_fraction}")
+        if not 0 < self.channel_fraction <= 1:
+            raise ValueError(f"channel fraction must lie in (0, 1], got {self.channel_fraction}")
+        if not 0 <= self.profile_floor <= 1:
+            raise ValueError(f"profile floor must lie in [0, 1], got {self.profile_floor}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ErasureConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown erasure settings {sorted(unknown)}: written by a newer SPARE?")
+        data["concepts"] = [ConceptPair(**c) for c in data["concepts"]]
+        return cls(**data)

@@ -1,0 +1,222 @@
+"""The whole SPARE erasure: forget/retain sets, timestep profile, saliency, adapter, training.
+
+Each stage is its own module and usable alone; this one wires them in order
+for the CLI, the demo, the benchmark and (later) the ComfyUI nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .adapter import SparseLoRA
+from .backend import DiffusionBackend
+from .config import ErasureConfig
+from .fileio import save_safetensors
+from .prompts import PromptSet, build_prompt_set
+from .saliency import Saliency, compute_saliency
+from .timesteps import TimestepProfile, TimestepSampler, compute_profile
+from .trainer import SelfDistillationTrainer, StepReport, TrainingData, TrainingHistory
+
+logger = logging.getLogger(__name__)
+
+#: Seeds of the forget/retain sets start here; evaluation seeds stay below it.
+DATA_SEED_BASE = 1_000_000
+
+
+@dataclass
+class ErasureResult:
+    config: ErasureConfig
+    prompts: PromptSet
+    adapter: SparseLoRA
+    profile: TimestepProfile | None
+    saliency: Saliency
+    selected_modules: list[str]
+    history: TrainingHistory
+    seconds: dict[str, float]
+
+
+def _generate_latents(
+    backend: DiffusionBackend, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images the frozen model draws for ``prompts`` (``per_prompt`` each), as latents, with prompt indices."""
+    index = [i for i in range(len(prompts)) for _ in range(per_prompt)]
+    seeds = [seed + k for k in range(len(index))]
+    images = backend.sample([prompts[i] for i in index], seeds, config.sample_steps, config.sample_guidance)
+    return backend.encode_images(images).float().cpu(), torch.tensor(index)
+
+
+def _cache_key(kind: str, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig) -> str:
+    text = "\n".join(
+        [
+            kind,
+            config.base_model,
+            str(per_prompt),
+            str(seed),
+            str(config.sample_steps),
+            str(config.sample_guidance),
+            *prompts,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_latents(
+    backend: DiffusionBackend,
+    kind: str,
+    prompts: list[str],
+    per_prompt: int,
+    seed: int,
+    config: ErasureConfig,
+    cache_dir: Path | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate a forget/retain set once and keep it in ``cache_dir`` (keyed by everything that shapes it)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{kind}-{_cache_key(kind, prompts, per_prompt, seed, config)}.safetensors"
+        if path.exists():
+            data = load_file(path)
+            return data["latents"], data["prompt_index"]
+    latents, index = _generate_latents(backend, prompts, per_prompt, seed, config)
+    if path is not None:
+        save_safetensors({"latents": latents, "prompt_index": index}, path)
+    return latents, index
+
+
+def build_training_data(
+    backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, cache_dir: Path | None = None
+) -> TrainingData:
+    forget_latents, forget_index = cached_latents(
+        backend,
+        "forget",
+        prompts.forget,
+        config.images_per_prompt,
+        DATA_SEED_BASE + config.seed * 10_000,
+        config,
+        cache_dir,
+    )
+    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
+    retain_latents, retain_index = cached_latents(
+        backend,
+        "retain",
+        prompts.retain,
+        per_retain,
+        DATA_SEED_BASE + config.seed * 10_000 + 5_000,
+        config,
+        cache_dir,
+    )
+    return TrainingData(
+        forget_latents=forget_latents,
+        forget_prompt_index=forget_index,
+        concept_cond=backend.encode_prompts(prompts.forget).detached_clone(),
+        surrogate_cond=backend.encode_prompts(prompts.surrogate).detached_clone(),
+        retain_latents=retain_latents,
+        retain_prompt_index=retain_index,
+        retain_cond=backend.encode_prompts(prompts.retain).detached_clone(),
+    )
+
+
+def _contrast_prompts(config: ErasureConfig, prompts: PromptSet, toy: bool) -> tuple[str, str] | None:
+    """Two other concepts of the same domain, in the first forget prompt's wording."""
+    if not config.profile_contrast or not toy:
+        return None
+    from .prompts import swap_concept
+    from .toy import world
+
+    concept = config.concepts[0].concept
+    pool = world.STYLES if concept in world.STYLES else world.OBJECTS
+    others = [c for c in pool if c not in {p.concept for p in config.concepts} | {p.surrogate for p in config.concepts}]
+    if len(others) < 2:
+        return None
+    base = prompts.forget[0]
+    return swap_concept(base, concept, others[0]), swap_concept(base, concept, others[1])
+
+
+def build_profile(
+    backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, data: TrainingData, toy: bool
+) -> TimestepProfile:
+    """The timestep profile of the first concept pair (its first forget prompt), on the forget latents."""
+    first = [i for i, c in enumerate(prompts.concept_of) if c == 0][0]
+    latents = data.forget_latents[data.forget_prompt_index == first]
+    if len(latents) == 0:
+        latents = data.forget_latents[:8]
+    return compute_profile(
+        backend,
+        latents,
+        prompts.forget[first],
+        prompts.surrogate[first],
+        contrast_prompts=_contrast_prompts(config, prompts, toy),
+        grid=None,
+        gamma=config.profile_gamma,
+        floor=config.profile_floor,
+        seed=config.seed,
+    )
+
+
+def select_modules(saliency: Saliency, config: ErasureConfig) -> tuple[list[str], dict[str, torch.Tensor] | None]:
+    modules = saliency.select_modules(fraction=config.module_fraction, top_k=config.top_k)
+    masks = saliency.row_masks(modules, config.channel_fraction) if config.channel_fraction < 1 else None
+    return modules, masks
+
+
+def erase(
+    backend: DiffusionBackend,
+    config: ErasureConfig,
+    progress: Callable[[StepReport], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    cache_dir: Path | None = None,
+    checkpoint_path: Path | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> ErasureResult:
+    """Run a whole erasure on ``backend`` and return the trained adapter and everything measured on the way."""
+    config.validate()
+    toy = backend.arch == "toy"
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        if stage is not None:
+            stage(name)
+        start = time.perf_counter()
+        value = fn()
+        seconds[name] = round(time.perf_counter() - start, 2)
+        return value
+
+    prompts = build_prompt_set(config, toy)
+    data = timed("data", lambda: build_training_data(backend, config, prompts, cache_dir))
+    profile = None
+    sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+    if config.timestep_mode == "profile":
+        profile = timed("profile", lambda: build_profile(backend, config, prompts, data, toy))
+        sampler = TimestepSampler.from_profile(profile)
+    saliency = timed(
+        "saliency",
+        lambda: compute_saliency(
+            backend,
+            data.forget_latents,
+            data.forget_prompt_index,
+            prompts.forget,
+            prompts.surrogate,
+            mode=config.saliency_mode,
+            retain_latents=data.retain_latents,
+            retain_prompt_index=data.retain_prompt_index,
+            retain_prompts=prompts.retain,
+            scope=config.module_scope,
+            batches=config.saliency_batches,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            seed=config.seed,
+            concept=", ".join(p.concept for p in config.concepts),
+        ),
+    )
+    modules, masks = select_modules(saliency, config)
+    adapter = SparseLoRA(backend.denoiser(), modules, config.rank, config.alpha, masks, seed=config.seed)
+    trainer = SelfDistillationTrainer(backend, adapter, data, sampler, config)
+    history = timed("train", lambda: trainer.run(progress, cancel, checkpoint_path))
+    return ErasureResult(config, prompts, adapter, profile, saliency, modules, history, seconds)

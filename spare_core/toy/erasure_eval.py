@@ -1,0 +1,104 @@
+"""UnlearnCanvas-style scores of an erasure on the toy world (DESIGN.md section 5).
+
+For an erased concept X of one domain (styles or objects):
+UA  = share of generations for X's prompts *not* classified as X;
+IRA = accuracy on the other concepts of X's domain;
+CRA = accuracy of the other domain on prompts without X.
+Also: the surrogate rate (generations for X classified as the surrogate) and
+the other attribute's accuracy on X's prompts (e.g. the object is still right
+when a style is erased).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from ..config import ConceptPair
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .classifier import ToyClassifier
+from .evaluate import GridResult, generate_grid
+from .world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
+
+#: The styles an evaluation grid uses: every style but the surrogate look.
+GRID_STYLES = tuple(s for s in STYLES if s != PLAIN_STYLE)
+
+
+@dataclass
+class ErasureScores:
+    concept: str
+    domain: str
+    ua: float
+    ira: float
+    cra: float
+    surrogate_rate: float
+    other_attribute: float  # accuracy of the other domain on the erased prompts
+    erased_generations: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def domain_of(concept: str) -> str:
+    if concept in STYLES:
+        return "style"
+    if concept in OBJECTS:
+        return "object"
+    raise ValueError(f"{concept!r} is not a toy object or style")
+
+
+def evaluation_grid(
+    pipe: StableDiffusionPipeline,
+    classifiers: tuple[ToyClassifier, ToyClassifier],
+    seeds: Sequence[int],
+    template: str = EVAL_TEMPLATE,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> GridResult:
+    """Every object x (non-plain) style prompt for every seed, classified."""
+    return generate_grid(pipe, *classifiers, seeds, OBJECTS, GRID_STYLES, template, steps, guidance_scale)
+
+
+def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:
+    """Scores of each erased concept on one evaluation grid."""
+    erased = {p.concept for p in pairs}
+    scores = []
+    for pair in pairs:
+        domain = domain_of(pair.concept)
+        if domain == "style":
+            labels, pred, other_labels, other_pred, names = (
+                grid.style_labels,
+                grid.style_pred,
+                grid.object_labels,
+                grid.object_pred,
+                STYLES,
+            )
+        else:
+            labels, pred, other_labels, other_pred, names = (
+                grid.object_labels,
+                grid.object_pred,
+                grid.style_labels,
+                grid.style_pred,
+                OBJECTS,
+            )
+        target = names.index(pair.concept)
+        on_concept = labels == target
+        same_domain_erased = torch.tensor([names[int(i)] in erased for i in labels])
+        others = ~same_domain_erased
+        surrogate = names.index(pair.surrogate) if pair.surrogate in names else -1
+        scores.append(
+            ErasureScores(
+                concept=pair.concept,
+                domain=domain,
+                ua=float((pred[on_concept] != target).float().mean()),
+                ira=float((pred[others] == labels[others]).float().mean()),
+                cra=float((other_pred[~on_concept] == other_labels[~on_concept]).float().mean()),
+                surrogate_rate=float((pred[on_concept] == surrogate).float().mean()),
+                other_attribute=float((other_pred[on_concept] == other_labels[on_concept]).float().mean()),
+                erased_generations=int(on_concept.sum()),
+            )
+        )
+    return scores

@@ -1,0 +1,189 @@
+"""Self-distillation training of a sparse LoRA (SPARE stage 2).
+
+Teacher: the same model with the adapter detached. Per step:
+
+* forget: ``MSE(eps_{theta+D}(x_t, c_f), sg[eps(x_t, c_s) - eta (eps(x_t, c_f) - eps(x_t, c_s))])``
+  on forget latents, ``t`` from the timestep sampler (eta 0: the paper's pure
+  self-distillation; eta 1: ESD's target with the surrogate as reference);
+* retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents;
+* ``loss = w_f * forget + w_r * retain``; AdamW, cosine schedule, gradient clipping.
+
+Every random draw of step ``k`` comes from a generator seeded by (seed, k), so
+a run resumed from a checkpoint ends with the same adapter as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .adapter import SparseLoRA, normal_weights
+from .backend import Conditioning, DiffusionBackend, add_noise
+from .checkpoint import load_optimizer_tensors, optimizer_tensors
+from .config import ErasureConfig
+from .fileio import save_safetensors
+from .timesteps import TimestepSampler
+
+logger = logging.getLogger(__name__)
+
+
+class ErasureCancelled(RuntimeError):
+    """The cancel check asked to stop; nothing was written."""
+
+
+@dataclass
+class TrainingData:
+    """Latents of the forget and retain sets with the prompt each came from."""
+
+    forget_latents: torch.Tensor
+    forget_prompt_index: torch.Tensor  # into concept/surrogate conditioning
+    concept_cond: Conditioning
+    surrogate_cond: Conditioning
+    retain_latents: torch.Tensor
+    retain_prompt_index: torch.Tensor
+    retain_cond: Conditioning
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    loss: float
+    forget_loss: float
+    retain_loss: float
+    elapsed: float
+
+
+@dataclass
+class TrainingHistory:
+    losses: list[float] = field(default_factory=list)
+    forget_losses: list[float] = field(default_factory=list)
+    retain_losses: list[float] = field(default_factory=list)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 10) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SelfDistillationTrainer:
+    """Trains ``adapter`` on ``backend`` with the SPARE objective."""
+
+    def __init__(
+        self,
+        backend: DiffusionBackend,
+        adapter: SparseLoRA,
+        data: TrainingData,
+        sampler: TimestepSampler,
+        config: ErasureConfig,
+    ):
+        self.backend, self.adapter, self.data, self.sampler, self.config = backend, adapter, data, sampler, config
+        self.optimizer = torch.optim.AdamW(
+            adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.history = TrainingHistory()
+
+    # ------------------------------------------------------------------ one step
+
+    def _batch(self, latents: torch.Tensor, gen: torch.Generator, sampler: TimestepSampler):
+        n = self.config.batch_size
+        index = torch.randint(len(latents), (n,), generator=gen)
+        x0 = latents[index].to(self.backend.device, self.backend.dtype)
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        t = sampler.sample(n, gen).to(self.backend.device)
+        return index, add_noise(x0, noise, t, self.backend.alphas_cumprod), t
+
+    def train_step(self) -> StepReport:
+        cfg, backend, data = self.config, self.backend, self.data
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        f_index, f_xt, f_t = self._batch(data.forget_latents, gen, self.sampler)
+        r_index, r_xt, r_t = self._batch(data.retain_latents, gen, TimestepSampler.uniform(backend.num_train_timesteps))
+        f_prompt = data.forget_prompt_index[f_index]
+        concept = data.concept_cond.select(f_prompt)
+        surrogate = data.surrogate_cond.select(f_prompt)
+        retain = data.retain_cond.select(data.retain_prompt_index[r_index])
+
+        self.adapter.detach()
+        with torch.no_grad():
+            eps_s = backend.predict_noise(f_xt, f_t, surrogate).float()
+            target = eps_s
+            if cfg.eta != 0:
+                eps_f = backend.predict_noise(f_xt, f_t, concept).float()
+                target = eps_s - cfg.eta * (eps_f - eps_s)
+            retain_target = backend.predict_noise(r_xt, r_t, retain).float()
+        with self.adapter.applied():
+            forget_loss = (backend.predict_noise(f_xt, f_t, concept).float() - target).pow(2).mean()
+            retain_loss = (backend.predict_noise(r_xt, r_t, retain).float() - retain_target).pow(2).mean()
+            loss = cfg.forget_weight * forget_loss + cfg.retain_weight * retain_loss
+            for group in self.optimizer.param_groups:
+                group["lr"] = cosine_lr(self.step, cfg.steps, cfg.lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.adapter.trainable_parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        values = (loss.item(), forget_loss.item(), retain_loss.item())
+        self.history.losses.append(values[0])
+        self.history.forget_losses.append(values[1])
+        self.history.retain_losses.append(values[2])
+        return StepReport(self.step, cfg.steps, *values, elapsed=0.0)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        progress: Callable[[StepReport], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        checkpoint_path: str | Path | None = None,
+        checkpoint_every: int = 50,
+    ) -> TrainingHistory:
+        """Train to ``config.steps``, resuming from ``checkpoint_path`` if it holds a checkpoint."""
+        if checkpoint_path is not None and Path(checkpoint_path).exists():
+            self.load_checkpoint(checkpoint_path)
+            logger.info("resuming erasure training at step %d from %s", self.step, checkpoint_path)
+        start = time.perf_counter()
+        denoiser = self.backend.denoiser()
+        with torch.inference_mode(False), normal_weights(denoiser):
+            while self.step < self.config.steps:
+                if cancel is not None and cancel():
+                    raise ErasureCancelled(f"cancelled at step {self.step} of {self.config.steps}")
+                report = self.train_step()
+                report.elapsed = time.perf_counter() - start
+                if progress is not None:
+                    progress(report)
+                if checkpoint_path is not None and (
+                    self.step % checkpoint_every == 0 and self.step < self.config.steps
+                ):
+                    self.save_checkpoint(checkpoint_path)
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        tensors = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        tensors.update(optimizer_tensors(self.optimizer))
+        tensors["step"] = torch.tensor(self.step)
+        for name in ("losses", "forget_losses", "retain_losses"):
+            tensors[f"history.{name}"] = torch.tensor(getattr(self.history, name), dtype=torch.float64)
+        save_safetensors(tensors, path, metadata={"spare_config": self.config.to_json()})
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        tensors = load_file(path)
+        self.adapter.load_state_dict({k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        load_optimizer_tensors(self.optimizer, tensors)
+        self.step = int(tensors["step"])
+        for name in ("losses", "forget_losses", "retain_losses"):
+            setattr(self.history, name, tensors[f"history.{name}"].tolist())
