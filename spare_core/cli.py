@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -462,12 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs)")
     p.add_argument("--concept", dest="concept_name", default="red", help="toy style or object to erase (default red)")
     p.add_argument("--surrogate", dest="surrogate_name", default="plain", help="what to draw instead (default plain)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the erasure (default 0)")
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (e.g. transformers' note that torchvision is missing) off the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     from .lora_file import LoraFileError

@@ -174,6 +174,7 @@ def erase(
     cache_dir: Path | None = None,
     checkpoint_path: Path | None = None,
     stage: Callable[[str], None] | None = None,
+    checkpoint_every: int = 50,
 ) -> ErasureResult:
     """Run a whole erasure on ``backend`` and return the trained adapter and everything measured on the way."""
     config.validate()
@@ -218,5 +219,5 @@ def erase(
     modules, masks = select_modules(saliency, config)
     adapter = SparseLoRA(backend.denoiser(), modules, config.rank, config.alpha, masks, seed=config.seed)
     trainer = SelfDistillationTrainer(backend, adapter, data, sampler, config)
-    history = timed("train", lambda: trainer.run(progress, cancel, checkpoint_path))
+    history = timed("train", lambda: trainer.run(progress, cancel, checkpoint_path, checkpoint_every))
     return ErasureResult(config, prompts, adapter, profile, saliency, modules, history, seconds)

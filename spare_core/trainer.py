@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .adapter import SparseLoRA, normal_weights
@@ -181,6 +182,12 @@ class SelfDistillationTrainer:
         save_safetensors(tensors, path, metadata={"spare_config": self.config.to_json()})
 
     def load_checkpoint(self, path: str | Path) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("spare_config")
+        if stored != self.config.to_json():
+            raise ValueError(
+                f"checkpoint {path} was written for another configuration; delete it or choose another checkpoint path"
+            )
         tensors = load_file(path)
         self.adapter.load_state_dict({k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")})
         load_optimizer_tensors(self.optimizer, tensors)

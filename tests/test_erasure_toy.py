@@ -1,0 +1,190 @@
+"""SPARE on the shipped toy model: it erases, keeps the rest, and is reproducible."""
+
+import pytest
+import torch
+
+from spare_core.backends.diffusers_backend import DiffusersBackend
+from spare_core.config import ConceptPair, ErasureConfig
+from spare_core.erasure import build_training_data, erase
+from spare_core.prompts import build_prompt_set
+from spare_core.timesteps import TimestepSampler
+from spare_core.toy.erasure_eval import evaluation_grid, score
+from spare_core.trainer import ErasureCancelled, SelfDistillationTrainer
+
+EVAL_SEEDS = [21, 22, 23, 24]  # 4 seeds x 6 prompts = 24 generations of an erased concept
+
+
+@pytest.fixture(scope="module")
+def backend(toy_pipe):
+    return DiffusersBackend(toy_pipe, arch="toy")
+
+
+@pytest.fixture(scope="module")
+def base_grid(toy_pipe, toy_classifiers):
+    return evaluation_grid(toy_pipe, toy_classifiers, EVAL_SEEDS)
+
+
+def _erase_and_score(backend, toy_pipe, toy_classifiers, base_grid, pairs):
+    config = ErasureConfig(concepts=pairs)
+    result = erase(backend, config)
+    with result.adapter.applied():
+        after = evaluation_grid(toy_pipe, toy_classifiers, EVAL_SEEDS)
+    return result, score(base_grid, pairs), score(after, pairs)
+
+
+def test_erasing_a_style_removes_it_and_keeps_the_rest(backend, toy_pipe, toy_classifiers, base_grid):
+    result, before, after = _erase_and_score(
+        backend, toy_pipe, toy_classifiers, base_grid, [ConceptPair("red", "plain")]
+    )
+    (b,), (a,) = before, after
+    assert a.erased_generations >= 24
+    assert b.ua <= 0.2  # the base model does draw red
+    assert a.ua >= 0.8, a
+    assert a.ira >= b.ira - 0.05, (b, a)
+    assert a.cra >= b.cra - 0.05, (b, a)
+    # The adapter is sparse: a few modules, far fewer weights than the UNet.
+    unet_params = sum(p.numel() for p in toy_pipe.unet.parameters())
+    assert result.adapter.num_trainable() < 0.02 * unet_params
+
+
+def test_one_adapter_erases_two_concepts(backend, toy_pipe, toy_classifiers, base_grid):
+    pairs = [ConceptPair("blue", "plain"), ConceptPair("star", "circle")]
+    _, before, after = _erase_and_score(backend, toy_pipe, toy_classifiers, base_grid, pairs)
+    for b, a in zip(before, after, strict=True):
+        assert b.ua <= 0.3, b
+        assert a.ua >= 0.8, a
+
+
+def _small_config(**kw) -> ErasureConfig:
+    base = dict(
+        concepts=[ConceptPair("yellow", "plain")],
+        images_per_prompt=1,
+        retain_images=8,
+        steps=6,
+        saliency_batches=1,
+        profile_points=5,
+    )
+    base.update(kw)
+    return ErasureConfig(**base)
+
+
+def _weights(adapter):
+    return {n: (w.down.clone(), w.up.clone()) for n, w in adapter.export().items()}
+
+
+def test_same_seed_same_lora_and_other_seed_differs(backend):
+    a = erase(backend, _small_config())
+    b = erase(backend, _small_config())
+    c = erase(backend, _small_config(seed=1))
+    wa, wb, wc = _weights(a.adapter), _weights(b.adapter), _weights(c.adapter)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name][0], wb[name][0]) and torch.equal(wa[name][1], wb[name][1])
+    assert any(not torch.equal(wa[n][1], wc[n][1]) for n in wa if n in wc) or wa.keys() != wc.keys()
+
+
+def test_resumed_training_ends_with_the_same_adapter(backend, tmp_path):
+    from spare_core.adapter import SparseLoRA
+
+    config = _small_config()
+    prompts = build_prompt_set(config, toy=True)
+    data = build_training_data(backend, config, prompts)
+    modules = ["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", "conv_in"]
+    sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+
+    def trainer():
+        adapter = SparseLoRA(backend.denoiser(), modules, config.rank, config.alpha, seed=config.seed)
+        return SelfDistillationTrainer(backend, adapter, data, sampler, config)
+
+    straight = trainer()
+    straight.run()
+    checkpoint = tmp_path / "ckpt.safetensors"
+    interrupted = trainer()
+    with pytest.raises(ErasureCancelled):
+        interrupted.run(cancel=lambda: interrupted.step >= 3, checkpoint_path=checkpoint, checkpoint_every=3)
+    assert checkpoint.exists()
+    resumed = trainer()
+    resumed.run(checkpoint_path=checkpoint)
+    assert resumed.step == config.steps
+    for name in modules:
+        assert torch.equal(straight.adapter.branch(name).up, resumed.adapter.branch(name).up)
+        assert torch.equal(straight.adapter.branch(name).down, resumed.adapter.branch(name).down)
+    assert straight.history.losses == resumed.history.losses
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(backend, tmp_path):
+    checkpoint = tmp_path / "ckpt.safetensors"
+    with pytest.raises(ErasureCancelled):
+        erase(backend, _small_config(), cancel=_cancel_after(3), checkpoint_path=checkpoint, checkpoint_every=3)
+    with pytest.raises(ValueError, match="another configuration"):
+        erase(backend, _small_config(lr=1e-2), checkpoint_path=checkpoint)
+
+
+def _cancel_after(calls: int):
+    count = {"n": 0}
+
+    def cancel() -> bool:
+        count["n"] += 1
+        return count["n"] > calls
+
+    return cancel
+
+
+def test_cancelled_erase_writes_no_file(tmp_path, monkeypatch, capsys):
+    from spare_core import trainer as trainer_module
+    from spare_core.cli import main
+
+    original = trainer_module.SelfDistillationTrainer.train_step
+
+    def interrupted(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(trainer_module.SelfDistillationTrainer, "train_step", interrupted)
+    out = tmp_path / "yellow.safetensors"
+    code = main(
+        [
+            "erase",
+            "--concept",
+            "yellow",
+            "--surrogate",
+            "plain",
+            "--steps",
+            "5",
+            "--images-per-prompt",
+            "1",
+            "--retain-images",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 130
+    assert "nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
+    from spare_core.saliency import compute_saliency
+
+    top = {}
+    for concept, surrogate in (("red", "plain"), ("circle", "square")):
+        config = _small_config(concepts=[ConceptPair(concept, surrogate)], images_per_prompt=2)
+        prompts = build_prompt_set(config, toy=True)
+        data = build_training_data(backend, config, prompts)
+        saliency = compute_saliency(
+            backend,
+            data.forget_latents,
+            data.forget_prompt_index,
+            prompts.forget,
+            prompts.surrogate,
+            mode=config.saliency_mode,
+            retain_latents=data.retain_latents,
+            retain_prompt_index=data.retain_prompt_index,
+            retain_prompts=prompts.retain,
+            batches=2,
+        )
+        top[concept] = set(saliency.select_modules(top_k=config.top_k))
+    jaccard = len(top["red"] & top["circle"]) / len(top["red"] | top["circle"])
+    assert jaccard <= 0.5, top
