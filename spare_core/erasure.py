@@ -22,7 +22,7 @@ from .config import ErasureConfig
 from .fileio import save_safetensors
 from .prompts import PromptSet, build_prompt_set
 from .saliency import Saliency, compute_saliency
-from .timesteps import TimestepProfile, TimestepSampler, compute_profile
+from .timesteps import TimestepProfile, TimestepSampler, compute_profile, default_grid
 from .trainer import SelfDistillationTrainer, StepReport, TrainingData, TrainingHistory
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def build_profile(
         prompts.forget[first],
         prompts.surrogate[first],
         contrast_prompts=_contrast_prompts(config, prompts, toy),
-        grid=None,
+        grid=default_grid(backend.num_train_timesteps, config.profile_points),
         gamma=config.profile_gamma,
         floor=config.profile_floor,
         seed=config.seed,
