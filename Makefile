@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.spare-installed
 
-.PHONY: demo test bench lint train-toy clean
+.PHONY: demo test bench bench-full lint train-toy clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/toy_quality.py
+	$(PY) bench/erasure.py --quick
+
+bench-full: $(STAMP)
+	$(PY) bench/erasure.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
