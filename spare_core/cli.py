@@ -212,10 +212,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_saliency(args: argparse.Namespace) -> int:
     """Rank the model's modules by how much they carry the concept."""
-    from .erasure import build_training_data, select_modules
+    from .erasure import build_training_data, concept_saliency
     from .models import open_backend
     from .prompts import build_prompt_set
-    from .saliency import compute_saliency, plot_saliency
+    from .saliency import plot_saliency
+    from .timesteps import TimestepSampler
 
     config = _config_from_args(args)
     out = _check_output(args.out, ".json")
@@ -224,24 +225,9 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
     _stage_printer("generating forget and retain images")
     data = build_training_data(backend, config, prompts, args.cache_dir)
     _stage_printer(f"computing {config.saliency_mode} saliency")
-    saliency = compute_saliency(
-        backend,
-        data.forget_latents,
-        data.forget_prompt_index,
-        prompts.forget,
-        prompts.surrogate,
-        mode=config.saliency_mode,
-        retain_latents=data.retain_latents,
-        retain_prompt_index=data.retain_prompt_index,
-        retain_prompts=prompts.retain,
-        scope=config.module_scope,
-        batches=config.saliency_batches,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        concept=", ".join(p.concept for p in config.concepts),
-    )
+    sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+    saliency, modules = concept_saliency(backend, config, prompts, data, sampler)
     saliency.save(out)
-    modules, _ = select_modules(saliency, config)
     if args.plot:
         plot_saliency(saliency, args.plot, modules)
     print(f"wrote {out}; top {len(modules)} modules:")

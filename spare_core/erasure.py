@@ -160,10 +160,60 @@ def build_profile(
     )
 
 
-def select_modules(saliency: Saliency, config: ErasureConfig) -> tuple[list[str], dict[str, torch.Tensor] | None]:
-    modules = saliency.select_modules(fraction=config.module_fraction, top_k=config.top_k)
-    masks = saliency.row_masks(modules, config.channel_fraction) if config.channel_fraction < 1 else None
-    return modules, masks
+def concept_saliency(
+    backend: DiffusionBackend,
+    config: ErasureConfig,
+    prompts: PromptSet,
+    data: TrainingData,
+    sampler: TimestepSampler,
+) -> tuple[Saliency, list[str]]:
+    """Saliency of each concept on its own forget prompts, and the union of each concept's top modules.
+
+    One saliency over all concepts together let one concept's modules crowd out
+    the other's (measured on the toy model: a style and an object erased
+    together, the object was not erased), so each concept gets its own top-k.
+    The returned saliency holds, per module, the largest score any concept
+    gave it (each concept's scores scaled to a maximum of 1).
+    """
+    per_concept = []
+    for i, pair in enumerate(config.concepts):
+        mine = [j for j, c in enumerate(prompts.concept_of) if c == i]
+        keep = torch.isin(data.forget_prompt_index, torch.tensor(mine))
+        remap = {old: new for new, old in enumerate(mine)}
+        index = torch.tensor([remap[int(k)] for k in data.forget_prompt_index[keep]])
+        per_concept.append(
+            compute_saliency(
+                backend,
+                data.forget_latents[keep],
+                index,
+                [prompts.forget[j] for j in mine],
+                [prompts.surrogate[j] for j in mine],
+                mode=config.saliency_mode,
+                retain_latents=data.retain_latents,
+                retain_prompt_index=data.retain_prompt_index,
+                retain_prompts=prompts.retain,
+                scope=config.module_scope,
+                batches=config.saliency_batches,
+                batch_size=config.batch_size,
+                sampler=sampler,
+                seed=config.seed + i,
+                concept=pair.concept,
+            )
+        )
+    modules: list[str] = []
+    for saliency in per_concept:
+        for name in saliency.select_modules(fraction=config.module_fraction, top_k=config.top_k):
+            if name not in modules:
+                modules.append(name)
+    if len(per_concept) == 1:
+        return per_concept[0], modules
+    merged_scores, merged_channels = {}, {}
+    for name in per_concept[0].module_scores:
+        merged_scores[name] = max(s.module_scores[name] / (max(s.module_scores.values()) or 1.0) for s in per_concept)
+        channels = torch.stack([torch.tensor(s.channel_scores[name]) for s in per_concept])
+        merged_channels[name] = (channels / channels.amax(dim=1, keepdim=True).clamp_min(1e-30)).amax(0).tolist()
+    concepts = ", ".join(p.concept for p in config.concepts)
+    return Saliency(config.saliency_mode, merged_scores, merged_channels, concepts), modules
 
 
 def erase(
@@ -196,27 +246,8 @@ def erase(
     if config.timestep_mode == "profile":
         profile = timed("profile", lambda: build_profile(backend, config, prompts, data, toy))
         sampler = TimestepSampler.from_profile(profile)
-    saliency = timed(
-        "saliency",
-        lambda: compute_saliency(
-            backend,
-            data.forget_latents,
-            data.forget_prompt_index,
-            prompts.forget,
-            prompts.surrogate,
-            mode=config.saliency_mode,
-            retain_latents=data.retain_latents,
-            retain_prompt_index=data.retain_prompt_index,
-            retain_prompts=prompts.retain,
-            scope=config.module_scope,
-            batches=config.saliency_batches,
-            batch_size=config.batch_size,
-            sampler=sampler,
-            seed=config.seed,
-            concept=", ".join(p.concept for p in config.concepts),
-        ),
-    )
-    modules, masks = select_modules(saliency, config)
+    saliency, modules = timed("saliency", lambda: concept_saliency(backend, config, prompts, data, sampler))
+    masks = saliency.row_masks(modules, config.channel_fraction) if config.channel_fraction < 1 else None
     adapter = SparseLoRA(backend.denoiser(), modules, config.rank, config.alpha, masks, seed=config.seed)
     trainer = SelfDistillationTrainer(backend, adapter, data, sampler, config)
     history = timed("train", lambda: trainer.run(progress, cancel, checkpoint_path, checkpoint_every))
