@@ -188,12 +188,11 @@ def _progress_bar(total: int):
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_profile(args: argparse.Namespace) -> int:
-    """Measure where in the denoising trajectory the concept is decided (timestep profile)."""
-    from .erasure import build_profile, build_training_data
+def _prepare_sets(args: argparse.Namespace):
+    """Validated config, output path, backend, prompt set and forget/retain data of a profile/saliency run."""
+    from .erasure import build_training_data
     from .models import open_backend
     from .prompts import build_prompt_set
-    from .timesteps import plot_profile
 
     config = _config_from_args(args)
     out = _check_output(args.out, ".json")
@@ -201,6 +200,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     prompts = build_prompt_set(config, backend.arch == "toy")
     _stage_printer("generating forget and retain images")
     data = build_training_data(backend, config, prompts, args.cache_dir)
+    return config, out, backend, prompts, data
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    """Measure where in the denoising trajectory the concept is decided (timestep profile)."""
+    from .erasure import build_profile
+    from .timesteps import plot_profile
+
+    config, out, backend, prompts, data = _prepare_sets(args)
     _stage_printer("measuring the timestep profile")
     profile = build_profile(backend, config, prompts, data, backend.arch == "toy")
     profile.save(out)
@@ -212,18 +220,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_saliency(args: argparse.Namespace) -> int:
     """Rank the model's modules by how much they carry the concept."""
-    from .erasure import build_training_data, concept_saliency
-    from .models import open_backend
-    from .prompts import build_prompt_set
+    from .erasure import concept_saliency
     from .saliency import plot_saliency
     from .timesteps import TimestepSampler
 
-    config = _config_from_args(args)
-    out = _check_output(args.out, ".json")
-    backend = open_backend(args.model, args.device, args.dtype)
-    prompts = build_prompt_set(config, backend.arch == "toy")
-    _stage_printer("generating forget and retain images")
-    data = build_training_data(backend, config, prompts, args.cache_dir)
+    config, out, backend, prompts, data = _prepare_sets(args)
     _stage_printer(f"computing {config.saliency_mode} saliency")
     sampler = TimestepSampler.uniform(backend.num_train_timesteps)
     saliency, modules = concept_saliency(backend, config, prompts, data, sampler)
