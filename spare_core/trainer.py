@@ -93,6 +93,7 @@ class SelfDistillationTrainer:
         self.optimizer = torch.optim.AdamW(
             adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
+        self.retain_sampler = TimestepSampler.uniform(backend.num_train_timesteps)
         self.step = 0
         self.history = TrainingHistory()
 
@@ -110,7 +111,7 @@ class SelfDistillationTrainer:
         cfg, backend, data = self.config, self.backend, self.data
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         f_index, f_xt, f_t = self._batch(data.forget_latents, gen, self.sampler)
-        r_index, r_xt, r_t = self._batch(data.retain_latents, gen, TimestepSampler.uniform(backend.num_train_timesteps))
+        r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler)
         f_prompt = data.forget_prompt_index[f_index]
         concept = data.concept_cond.select(f_prompt)
         surrogate = data.surrogate_cond.select(f_prompt)
