@@ -25,7 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/toy_quality.py
-	$(PY) bench/erasure.py --quick
+	$(PY) bench/erasure.py --quick --variants default
 
 bench-full: $(STAMP)
 	$(PY) bench/erasure.py

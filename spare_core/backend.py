@@ -38,6 +38,14 @@ class Conditioning:
             self.hidden_states.repeat_interleave(n, 0), {k: v.repeat_interleave(n, 0) for k, v in self.extra.items()}
         )
 
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        """Several conditionings as one batch, in order."""
+        keys = parts[0].extra.keys()
+        return Conditioning(
+            torch.cat([p.hidden_states for p in parts]), {k: torch.cat([p.extra[k] for p in parts]) for k in keys}
+        )
+
     def detached_clone(self) -> Conditioning:
         """A normal (non-inference) copy that autograd may save for backward."""
         return Conditioning(self.hidden_states.detach().clone(), {k: v.detach().clone() for k, v in self.extra.items()})

@@ -65,7 +65,7 @@ def _concept_pairs(args: argparse.Namespace):
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from .config import ErasureConfig
+    from .config import MODULE_SCOPES, ErasureConfig
 
     d = ErasureConfig(concepts=[])
     g = p.add_argument_group("erasure settings")
@@ -91,8 +91,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scope",
         default=d.module_scope,
-        choices=("all", "attention", "cross_attention"),
-        help=f"modules saliency may choose from (default {d.module_scope})",
+        choices=MODULE_SCOPES,
+        help=f"modules saliency may choose from: every Linear/Conv, attention projections, cross-attention "
+        f"projections, or text (cross-attention keys and values) (default {d.module_scope})",
     )
     g.add_argument(
         "--top-k", type=int, default=d.top_k, help=f"number of modules that carry the LoRA (default {d.top_k})"

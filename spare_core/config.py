@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from .saliency import SALIENCY_MODES
+from .saliency import MODULE_SCOPES, SALIENCY_MODES
 
 TIMESTEP_MODES = ("profile", "uniform")
-MODULE_SCOPES = ("all", "attention", "cross_attention")
 
 
 @dataclass
@@ -29,14 +28,14 @@ class ErasureConfig:
     # (None: the automatic prompt sets of spare_core.prompts).
     forget_prompts: list[str] | None = None
     retain_prompts: list[str] | None = None
-    images_per_prompt: int = 4
+    images_per_prompt: int = 2
     retain_images: int = 64
-    sample_steps: int = 20
+    sample_steps: int = 10
     sample_guidance: float = 5.0
     # Saliency: which modules carry the adapter.
     saliency_mode: str = "forget_over_retain"
-    module_scope: str = "all"
-    top_k: int | None = 8
+    module_scope: str = "text"
+    top_k: int | None = 12
     module_fraction: float | None = None
     channel_fraction: float = 1.0  # < 1: structured row mask inside each selected module
     saliency_batches: int = 4
@@ -49,9 +48,9 @@ class ErasureConfig:
     # Adapter and training.
     rank: int = 4
     alpha: float = 4.0
-    steps: int = 200
+    steps: int = 120
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float = 6e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     eta: float = 1.0  # surrogate guidance in the forget target (0: pure self-distillation)

@@ -38,6 +38,8 @@ from .timesteps import TimestepSampler
 logger = logging.getLogger(__name__)
 
 SALIENCY_MODES = ("denoise", "forget", "forget_over_retain")
+#: Which modules saliency may choose from (see candidate_modules).
+MODULE_SCOPES = ("all", "attention", "cross_attention", "text")
 
 
 @dataclass
@@ -96,7 +98,8 @@ def candidate_modules(denoiser: torch.nn.Module, scope: str = "all") -> list[str
 
     ``all``: every Linear and Conv2d; ``attention``: the attention projections
     (q, k, v, out of self- and cross-attention); ``cross_attention``: the
-    cross-attention projections only.
+    cross-attention projections only; ``text``: the cross-attention keys and
+    values, the only modules that read the prompt.
     """
     names = list(adaptable_modules(denoiser))
     if scope == "all":
@@ -105,8 +108,10 @@ def candidate_modules(denoiser: torch.nn.Module, scope: str = "all") -> list[str
         pattern = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
     elif scope == "cross_attention":
         pattern = re.compile(r"\.attn2\.(to_q|to_k|to_v|to_out\.0)$")
+    elif scope == "text":
+        pattern = re.compile(r"\.attn2\.(to_k|to_v)$")
     else:
-        raise ValueError(f"unknown module scope {scope!r}; use all, attention or cross_attention")
+        raise ValueError(f"unknown module scope {scope!r}; use {', '.join(MODULE_SCOPES)}")
     return [n for n in names if pattern.search(n)]
 
 

@@ -81,8 +81,12 @@ def test_candidate_scopes():
     everything = candidate_modules(unet, "all")
     attention = candidate_modules(unet, "attention")
     cross = candidate_modules(unet, "cross_attention")
-    assert set(cross) < set(attention) < set(everything)
+    text = candidate_modules(unet, "text")
+    assert set(text) < set(cross) < set(attention) < set(everything)
     assert all(".attn2." in n for n in cross)
+    # The text scope is what reads the prompt: k and v of every cross-attention, nothing else.
+    assert sorted(text) == sorted(n for n in cross if n.endswith((".to_k", ".to_v")))
+    assert len(text) == 2 * sum(1 for n in cross if n.endswith(".to_q"))
     assert "conv_in" in everything and "time_embedding.linear_1" in everything
     with pytest.raises(ValueError, match="unknown module scope"):
         candidate_modules(unet, "some")

@@ -20,7 +20,7 @@ from diffusers import StableDiffusionPipeline
 from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .classifier import ToyClassifier
-from .evaluate import GridResult, generate_grid
+from .evaluate import GridResult, generate_grid, generate_triples
 from .world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
 
 #: The styles an evaluation grid uses: every style but the surrogate look.
@@ -60,6 +60,32 @@ def evaluation_grid(
 ) -> GridResult:
     """Every object x (non-plain) style prompt for every seed, classified."""
     return generate_grid(pipe, *classifiers, seeds, OBJECTS, GRID_STYLES, template, steps, guidance_scale)
+
+
+def focused_evaluation(
+    pipe: StableDiffusionPipeline,
+    classifiers: tuple[ToyClassifier, ToyClassifier],
+    pairs: Sequence[ConceptPair],
+    erased_seeds: Sequence[int],
+    other_seeds: Sequence[int],
+    template: str = EVAL_TEMPLATE,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> GridResult:
+    """The evaluation grid with more seeds where it matters: ``erased_seeds`` for prompts that
+    name an erased concept, ``other_seeds`` for the rest (IRA and CRA).
+
+    A style has 6 object prompts, an object 6 style prompts, so 8 erased seeds
+    give 48 generations of each erased concept at a third of a full 8-seed grid's cost.
+    """
+    erased = {p.concept for p in pairs}
+    triples = [
+        (seed, o, st)
+        for o in OBJECTS
+        for st in GRID_STYLES
+        for seed in (erased_seeds if {o, st} & erased else other_seeds)
+    ]
+    return generate_triples(pipe, *classifiers, triples, template, steps, guidance_scale)
 
 
 def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:

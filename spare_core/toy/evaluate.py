@@ -63,6 +63,19 @@ def generate_grid(
     Images are ordered seed-major, then object, then style.
     """
     triples = [(s, o, st) for s in seeds for o in objects for st in styles]
+    return generate_triples(pipe, object_clf, style_clf, triples, template, steps, guidance_scale)
+
+
+def generate_triples(
+    pipe: StableDiffusionPipeline,
+    object_clf: ToyClassifier,
+    style_clf: ToyClassifier,
+    triples: Sequence[tuple[int, str, str]],
+    template: str = EVAL_TEMPLATE,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> GridResult:
+    """Generate ``template`` for each (seed, object, style) triple, in order, and classify the images."""
     prompts = [template.format(object=o, style=st) for _, o, st in triples]
     images = generate(pipe, prompts, [s for s, _, _ in triples], steps=steps, guidance_scale=guidance_scale)
     object_labels = torch.tensor([OBJECTS.index(o) for _, o, _ in triples])
