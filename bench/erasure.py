@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -129,12 +130,34 @@ def summarise(rows: list[dict], variant: str) -> dict:
     return summary
 
 
+def markdown_table(results: dict) -> str:
+    """The summary as a Markdown table (for the README and closing notes)."""
+    lines = [
+        "| variant | UA | IRA (base) | CRA (base) | surrogate | other attribute (base) | median s | LoRA KiB | worst |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, s in results["summary"].items():
+        worst = s["worst_concept"]
+        lines.append(
+            f"| {variant} | {s['ua_after']:.3f} | {s['ira_after']:.3f} ({s['ira_before']:.3f}) "
+            f"| {s['cra_after']:.3f} ({s['cra_before']:.3f}) | {s['surrogate_rate_after']:.3f} "
+            f"| {s['other_attribute_after']:.3f} ({s['other_attribute_before']:.3f}) | {s['median_seconds']:.0f} "
+            f"| {s['max_lora_bytes'] / 1024:.0f} | {worst['concept']} (UA {worst['ua']:.2f}, IRA {worst['ira']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="two styles and two objects only")
     p.add_argument("--variants", nargs="+", default=None, help=f"variants to run (default: all; {', '.join(VARIANTS)})")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--table", type=Path, default=None, help="only print the Markdown table of a results file")
     args = p.parse_args(argv)
+    if args.table is not None:
+        results = json.loads(args.table.read_text())
+        print(markdown_table(results))
+        return results
     variants = args.variants or list(VARIANTS)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -175,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"other {s['other_attribute_after']:.3f} (base {s['other_attribute_before']:.3f})  "
             f"median {s['median_seconds']:.0f} s  worst {s['worst_concept']['concept']}"
         )
+    print(markdown_table(results))
     print(f"wrote {out}")
     return results
 
