@@ -42,9 +42,10 @@ def test_erasing_a_style_removes_it_and_keeps_the_rest(backend, toy_pipe, toy_cl
     assert a.ua >= 0.8, a
     assert a.ira >= b.ira - 0.05, (b, a)
     assert a.cra >= b.cra - 0.05, (b, a)
-    # The object survives: the model draws a plain circle, not a blob (a LoRA on
-    # every module type let objects degrade to 56 % on these prompts).
-    assert a.other_attribute >= b.other_attribute - 0.1, (b, a)
+    # The object survives: the model draws a plain circle, not a blob. The bench
+    # measured 0.92 for red (base 1.00); a LoRA on modules chosen among all types
+    # let objects degrade to 0.58, which this bound catches.
+    assert a.other_attribute >= b.other_attribute - 0.15, (b, a)
     # The adapter is sparse: a few modules, far fewer weights than the UNet.
     unet_params = sum(p.numel() for p in toy_pipe.unet.parameters())
     assert result.adapter.num_trainable() < 0.02 * unet_params
