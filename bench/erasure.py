@@ -11,8 +11,9 @@ held-out caption template. Results are written after every concept, so an
 interrupted run leaves what it measured. Prints a table and writes
 ``bench/results/erasure.json``.
 
-    .venv/bin/python bench/erasure.py --quick      # 2 styles, 2 objects, default variant
-    .venv/bin/python bench/erasure.py              # everything
+    .venv/bin/python bench/erasure.py --quick --variants default   # 2 styles, 2 objects, defaults only
+    .venv/bin/python bench/erasure.py                               # every concept and variant (about 2 h)
+    .venv/bin/python bench/erasure.py --table bench/results/erasure.json
 """
 
 from __future__ import annotations
@@ -191,13 +192,6 @@ def main(argv: list[str] | None = None) -> dict:
         }
         write_json(out, results)
 
-    for variant, s in results["summary"].items():
-        print(
-            f"{variant:>20} MEAN: UA {s['ua_after']:.3f}  IRA {s['ira_after']:.3f} (base {s['ira_before']:.3f})  "
-            f"CRA {s['cra_after']:.3f} (base {s['cra_before']:.3f})  surrogate {s['surrogate_rate_after']:.3f}  "
-            f"other {s['other_attribute_after']:.3f} (base {s['other_attribute_before']:.3f})  "
-            f"median {s['median_seconds']:.0f} s  worst {s['worst_concept']['concept']}"
-        )
     print(markdown_table(results))
     print(f"wrote {out}")
     return results
