@@ -47,7 +47,7 @@ TEMPLATES = {"eval": EVAL_TEMPLATE, "held_out": HELD_OUT_TEMPLATE}
 VARIANTS: dict[str, dict] = {
     "default": {},
     "scope=all": {"module_scope": "all"},
-    "saliency=denoise": {"saliency_mode": "denoise"},
+    "saliency=forget_over_retain": {"saliency_mode": "forget_over_retain"},
     "all-attention-lora": {"module_scope": "attention", "top_k": None, "module_fraction": 1.0},
     "eta=0": {"eta": 0.0},
     "uniform-timesteps": {"timestep_mode": "uniform"},

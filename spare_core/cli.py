@@ -123,6 +123,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help=f"forget images per prompt (default {d.images_per_prompt})",
     )
     g.add_argument(
+        "--surrogate-images-per-prompt",
+        type=int,
+        default=d.surrogate_images_per_prompt,
+        help="images of each surrogate prompt added to the forget pool, so the erased model also agrees with the "
+        f"surrogate where its own sampling goes; 0 turns it off (default {d.surrogate_images_per_prompt})",
+    )
+    g.add_argument(
         "--retain-images", type=int, default=d.retain_images, help=f"retain images (default {d.retain_images})"
     )
     g.add_argument(
@@ -139,6 +146,7 @@ def _config_from_args(args: argparse.Namespace):
         base_model=args.model,
         retain_prompts=args.retain_prompt,
         images_per_prompt=args.images_per_prompt,
+        surrogate_images_per_prompt=args.surrogate_images_per_prompt,
         retain_images=args.retain_images,
         saliency_mode=args.saliency_mode,
         module_scope=args.scope,

@@ -102,6 +102,17 @@ def build_training_data(
         config,
         cache_dir,
     )
+    anchor_latents, anchor_index = None, None
+    if config.surrogate_images_per_prompt > 0:
+        anchor_latents, anchor_index = cached_latents(
+            backend,
+            "surrogate",
+            prompts.surrogate,
+            config.surrogate_images_per_prompt,
+            DATA_SEED_BASE + config.seed * 10_000 + 2_500,
+            config,
+            cache_dir,
+        )
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
     retain_latents, retain_index = cached_latents(
         backend,
@@ -120,6 +131,8 @@ def build_training_data(
         retain_latents=retain_latents,
         retain_prompt_index=retain_index,
         retain_cond=backend.encode_prompts(prompts.retain).detached_clone(),
+        surrogate_latents=anchor_latents,
+        surrogate_prompt_index=anchor_index,
     )
 
 

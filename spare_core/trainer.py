@@ -5,6 +5,7 @@ Teacher: the same model with the adapter detached. Per step:
 * forget: ``MSE(eps_{theta+D}(x_t, c_f), sg[eps(x_t, c_s) - eta (eps(x_t, c_f) - eps(x_t, c_s))])``
   on forget latents, ``t`` from the timestep sampler (eta 0: the paper's pure
   self-distillation; eta 1: ESD's target with the surrogate as reference);
+  optional images of the surrogate prompts join the forget latents, with eta 0;
 * retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents;
 * ``loss = w_f * forget + w_r * retain``; AdamW, cosine schedule, gradient clipping.
 
@@ -51,6 +52,19 @@ class TrainingData:
     retain_latents: torch.Tensor
     retain_prompt_index: torch.Tensor
     retain_cond: Conditioning
+    # Optional images of the surrogate prompts (index into the same conditioning
+    # as the forget latents); they join the forget pool in training only.
+    surrogate_latents: torch.Tensor | None = None
+    surrogate_prompt_index: torch.Tensor | None = None
+
+    def forget_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents the forget term trains on, with their prompt indices."""
+        if self.surrogate_latents is None:
+            return self.forget_latents, self.forget_prompt_index
+        return (
+            torch.cat([self.forget_latents, self.surrogate_latents]),
+            torch.cat([self.forget_prompt_index, self.surrogate_prompt_index]),
+        )
 
 
 @dataclass
@@ -68,6 +82,20 @@ class TrainingHistory:
     losses: list[float] = field(default_factory=list)
     forget_losses: list[float] = field(default_factory=list)
     retain_losses: list[float] = field(default_factory=list)
+
+
+def forget_target(
+    eps_surrogate: torch.Tensor, eps_concept: torch.Tensor, eta: float, on_surrogate_image: torch.Tensor
+) -> torch.Tensor:
+    """``eps_s - eta (eps_f - eps_s)`` per sample; on images of the surrogate, ``eps_s`` alone.
+
+    Surrogate images lie where the erased model's own sampling goes; there the
+    student should simply agree with the surrogate, not be pushed further away
+    from the concept (which made an erased object drift to a third object).
+    """
+    shape = (-1,) + (1,) * (eps_surrogate.dim() - 1)
+    eta_per_sample = torch.where(on_surrogate_image, 0.0, eta).to(eps_surrogate).view(shape)
+    return eps_surrogate - eta_per_sample * (eps_concept - eps_surrogate)
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 10) -> float:
@@ -94,6 +122,8 @@ class SelfDistillationTrainer:
             adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.retain_sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+        self.forget_latents, self.forget_prompt_index = data.forget_pool()
+        self.concept_images = len(data.forget_latents)
         self.step = 0
         self.history = TrainingHistory()
 
@@ -121,9 +151,9 @@ class SelfDistillationTrainer:
     def train_step(self) -> StepReport:
         cfg, data = self.config, self.data
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        f_index, f_xt, f_t = self._batch(data.forget_latents, gen, self.sampler)
+        f_index, f_xt, f_t = self._batch(self.forget_latents, gen, self.sampler)
         r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler)
-        f_prompt = data.forget_prompt_index[f_index]
+        f_prompt = self.forget_prompt_index[f_index]
         concept = data.concept_cond.select(f_prompt)
         surrogate = data.surrogate_cond.select(f_prompt)
         retain = data.retain_cond.select(data.retain_prompt_index[r_index])
@@ -134,7 +164,7 @@ class SelfDistillationTrainer:
                 eps_s, eps_f, retain_target = self._predict(
                     [(f_xt, f_t, surrogate), (f_xt, f_t, concept), (r_xt, r_t, retain)]
                 )
-                target = eps_s - cfg.eta * (eps_f - eps_s)
+                target = forget_target(eps_s, eps_f, cfg.eta, on_surrogate_image=f_index >= self.concept_images)
             else:
                 target, retain_target = self._predict([(f_xt, f_t, surrogate), (r_xt, r_t, retain)])
         with self.adapter.applied():

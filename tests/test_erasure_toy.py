@@ -183,7 +183,7 @@ def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
             data.forget_prompt_index,
             prompts.forget,
             prompts.surrogate,
-            mode=config.saliency_mode,
+            mode="forget_over_retain",  # the concept-specific mode; "denoise" ranks alike for every concept
             retain_latents=data.retain_latents,
             retain_prompt_index=data.retain_prompt_index,
             retain_prompts=prompts.retain,
@@ -192,3 +192,33 @@ def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
         top[concept] = set(saliency.select_modules(top_k=config.top_k))
     jaccard = len(top["red"] & top["circle"]) / len(top["red"] | top["circle"])
     assert jaccard <= 0.5, top
+
+
+def test_surrogate_images_join_only_the_training_pool(backend):
+    plain = _small_config(surrogate_images_per_prompt=0)
+    anchored = _small_config(surrogate_images_per_prompt=2)
+    prompts = build_prompt_set(anchored, toy=True)
+    without = build_training_data(backend, plain, prompts)
+    data = build_training_data(backend, anchored, prompts)
+    # Profile and saliency read forget_latents: the concept's images, unchanged.
+    assert without.surrogate_latents is None
+    assert torch.equal(data.forget_latents, without.forget_latents)
+    assert data.surrogate_prompt_index.tolist() == [i for i in range(len(prompts.surrogate)) for _ in range(2)]
+    pool, pool_index = data.forget_pool()
+    assert len(pool) == len(data.forget_latents) + len(data.surrogate_latents)
+    assert torch.equal(pool[len(data.forget_latents) :], data.surrogate_latents)
+    assert torch.equal(pool_index[len(data.forget_latents) :], data.surrogate_prompt_index)
+    # Surrogate images are new drawings, not copies of the concept's.
+    assert not torch.equal(data.surrogate_latents[::2], data.forget_latents)
+
+
+def test_forget_target_pushes_away_only_on_concept_images():
+    from spare_core.trainer import forget_target
+
+    eps_s = torch.randn(4, 3, 2, 2)
+    eps_f = torch.randn(4, 3, 2, 2)
+    on_surrogate = torch.tensor([False, True, False, True])
+    target = forget_target(eps_s, eps_f, 1.5, on_surrogate)
+    assert torch.allclose(target[0], eps_s[0] - 1.5 * (eps_f[0] - eps_s[0]))
+    assert torch.allclose(target[2], eps_s[2] - 1.5 * (eps_f[2] - eps_s[2]))
+    assert torch.equal(target[1], eps_s[1]) and torch.equal(target[3], eps_s[3])
