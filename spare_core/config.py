@@ -95,9 +95,7 @@ class ErasureConfig:
         if self.images_per_prompt < 1 or self.retain_images < 1:
             raise ValueError("images per prompt and retain images must be at least 1")
         if self.surrogate_images_per_prompt < 0:
-            raise ValueError(
-                f"surrogate images per prompt must be 0 or more, got {self.surrogate_images_per_prompt}"
-            )
+            raise ValueError(f"surrogate images per prompt must be 0 or more, got {self.surrogate_images_per_prompt}")
         if self.saliency_mode not in SALIENCY_MODES:
             raise ValueError(f"unknown saliency mode {self.saliency_mode!r}; use one of {', '.join(SALIENCY_MODES)}")
         if self.module_scope not in MODULE_SCOPES:
