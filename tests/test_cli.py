@@ -27,6 +27,7 @@ def _run(capsys, *argv):
         ),
         (["--concept", "red", "--surrogate", "plain", "--top-k", "0"], "top_k must be at least 1"),
         (["--concept", "red", "--surrogate", "plain", "--channel-fraction", "1.5"], "channel fraction"),
+        (["--concept", "red", "--surrogate", "plain", "--surrogate-images-per-prompt", "-1"], "0 or more"),
     ],
 )
 def test_erase_rejects_bad_input_without_writing(capsys, tmp_path, argv, message):
