@@ -74,6 +74,11 @@ class DiffusionBackend(Protocol):
         """(channels, height, width) of one latent at the default resolution."""
         ...
 
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the images the model draws at its default resolution."""
+        ...
+
     def denoiser(self) -> nn.Module:
         """The module whose Linear/Conv layers may carry an adapter (the UNet)."""
         ...

@@ -123,6 +123,18 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help=f"forget images per prompt (default {d.images_per_prompt})",
     )
     g.add_argument(
+        "--forget-image-dir",
+        metavar="DIR",
+        help="use your own images of the concept (PNG/JPEG, cropped to a square) instead of generating them; "
+        "image i goes with forget prompt i mod n",
+    )
+    g.add_argument(
+        "--retain-image-dir",
+        metavar="DIR",
+        help="use your own images of what must not change instead of generating them; "
+        "image i goes with retain prompt i mod n",
+    )
+    g.add_argument(
         "--surrogate-images-per-prompt",
         type=int,
         default=d.surrogate_images_per_prompt,
@@ -147,6 +159,8 @@ def _config_from_args(args: argparse.Namespace):
         retain_prompts=args.retain_prompt,
         images_per_prompt=args.images_per_prompt,
         surrogate_images_per_prompt=args.surrogate_images_per_prompt,
+        forget_image_dir=args.forget_image_dir,
+        retain_image_dir=args.retain_image_dir,
         retain_images=args.retain_images,
         saliency_mode=args.saliency_mode,
         module_scope=args.scope,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from .image_folder import image_files
 from .saliency import MODULE_SCOPES, SALIENCY_MODES
 
 TIMESTEP_MODES = ("profile", "uniform")
@@ -28,6 +29,10 @@ class ErasureConfig:
     # (None: the automatic prompt sets of spare_core.prompts).
     forget_prompts: list[str] | None = None
     retain_prompts: list[str] | None = None
+    # Folders of the user's own images instead of generated ones (None: generate);
+    # each image is paired with the set's prompts in turn (spare_core.image_folder).
+    forget_image_dir: str | None = None
+    retain_image_dir: str | None = None
     images_per_prompt: int = 2
     # Images of each surrogate prompt added to the forget pool: the student then
     # also learns the surrogate's prediction on the latents its own sampling
@@ -96,6 +101,9 @@ class ErasureConfig:
             raise ValueError("images per prompt and retain images must be at least 1")
         if self.surrogate_images_per_prompt < 0:
             raise ValueError(f"surrogate images per prompt must be 0 or more, got {self.surrogate_images_per_prompt}")
+        for folder in (self.forget_image_dir, self.retain_image_dir):
+            if folder is not None:
+                image_files(folder)  # raises with a message that says what to change
         if self.saliency_mode not in SALIENCY_MODES:
             raise ValueError(f"unknown saliency mode {self.saliency_mode!r}; use one of {', '.join(SALIENCY_MODES)}")
         if self.module_scope not in MODULE_SCOPES:

@@ -20,6 +20,7 @@ from .adapter import SparseLoRA
 from .backend import DiffusionBackend
 from .config import ErasureConfig
 from .fileio import save_safetensors
+from .image_folder import load_image_folder, round_robin_index
 from .prompts import PromptSet, build_prompt_set
 from .saliency import Saliency, compute_saliency
 from .timesteps import TimestepProfile, TimestepSampler, compute_profile, default_grid
@@ -90,21 +91,32 @@ def cached_latents(
     return latents, index
 
 
+def folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user's images in ``folder`` as latents, paired with ``prompts`` in turn."""
+    images = load_image_folder(folder, backend.image_size)
+    latents = torch.cat([backend.encode_images(chunk).float().cpu() for chunk in images.split(16)])
+    logger.info("read %d images from %s", len(latents), folder)
+    return latents, round_robin_index(len(latents), len(prompts))
+
+
 def build_training_data(
     backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, cache_dir: Path | None = None
 ) -> TrainingData:
-    forget_latents, forget_index = cached_latents(
-        backend,
-        "forget",
-        prompts.forget,
-        config.images_per_prompt,
-        DATA_SEED_BASE + config.seed * 10_000,
-        config,
-        cache_dir,
-    )
-    anchor_latents, anchor_index = None, None
+    if config.forget_image_dir is not None:
+        forget_latents, forget_index = folder_latents(backend, config.forget_image_dir, prompts.forget)
+    else:
+        forget_latents, forget_index = cached_latents(
+            backend,
+            "forget",
+            prompts.forget,
+            config.images_per_prompt,
+            DATA_SEED_BASE + config.seed * 10_000,
+            config,
+            cache_dir,
+        )
+    surrogate_latents, surrogate_index = None, None
     if config.surrogate_images_per_prompt > 0:
-        anchor_latents, anchor_index = cached_latents(
+        surrogate_latents, surrogate_index = cached_latents(
             backend,
             "surrogate",
             prompts.surrogate,
@@ -113,16 +125,19 @@ def build_training_data(
             config,
             cache_dir,
         )
-    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
-    retain_latents, retain_index = cached_latents(
-        backend,
-        "retain",
-        prompts.retain,
-        per_retain,
-        DATA_SEED_BASE + config.seed * 10_000 + 5_000,
-        config,
-        cache_dir,
-    )
+    if config.retain_image_dir is not None:
+        retain_latents, retain_index = folder_latents(backend, config.retain_image_dir, prompts.retain)
+    else:
+        per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
+        retain_latents, retain_index = cached_latents(
+            backend,
+            "retain",
+            prompts.retain,
+            per_retain,
+            DATA_SEED_BASE + config.seed * 10_000 + 5_000,
+            config,
+            cache_dir,
+        )
     return TrainingData(
         forget_latents=forget_latents,
         forget_prompt_index=forget_index,
@@ -131,8 +146,8 @@ def build_training_data(
         retain_latents=retain_latents,
         retain_prompt_index=retain_index,
         retain_cond=backend.encode_prompts(prompts.retain).detached_clone(),
-        surrogate_latents=anchor_latents,
-        surrogate_prompt_index=anchor_index,
+        surrogate_latents=surrogate_latents,
+        surrogate_prompt_index=surrogate_index,
     )
 
 

@@ -43,6 +43,8 @@ class FakeBackend:
     def latent_shape(self):
         return (4, 4, 4)
 
+    image_size = 4  # encode_images is the identity on [4, 4, 4] "images"
+
     def denoiser(self) -> nn.Module:
         return self.model
 

@@ -59,6 +59,10 @@ class DiffusersBackend:
         size = self.pipe.unet.config.sample_size
         return (self.pipe.unet.config.in_channels, size, size)
 
+    @property
+    def image_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
     def denoiser(self) -> nn.Module:
         return self.pipe.unet
 
