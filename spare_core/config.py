@@ -10,6 +10,10 @@ from .saliency import MODULE_SCOPES, SALIENCY_MODES
 
 TIMESTEP_MODES = ("profile", "uniform")
 
+#: Settings added after files were first written, with the value that reproduces
+#: those older files' runs (``spare erase --from`` on an older LoRA).
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"surrogate_images_per_prompt": 0}
+
 
 @dataclass
 class ConceptPair:
@@ -133,4 +137,7 @@ class ErasureConfig:
         if unknown:
             raise ValueError(f"unknown erasure settings {sorted(unknown)}: written by a newer SPARE?")
         data["concepts"] = [ConceptPair(**c) for c in data["concepts"]]
+        # A file written before a setting existed ran with that setting's old behaviour.
+        for name, value in SETTINGS_BEFORE_THEY_EXISTED.items():
+            data.setdefault(name, value)
         return cls(**data)
