@@ -99,45 +99,29 @@ def folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -
     return latents, round_robin_index(len(latents), len(prompts))
 
 
+#: Where each set's seeds start, after DATA_SEED_BASE + seed * 10_000 (fixed: caches and the bench rely on them).
+SET_SEED_OFFSETS = {"forget": 0, "surrogate": 2_500, "retain": 5_000}
+
+
 def build_training_data(
     backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, cache_dir: Path | None = None
 ) -> TrainingData:
-    if config.forget_image_dir is not None:
-        forget_latents, forget_index = folder_latents(backend, config.forget_image_dir, prompts.forget)
-    else:
-        forget_latents, forget_index = cached_latents(
-            backend,
-            "forget",
-            prompts.forget,
-            config.images_per_prompt,
-            DATA_SEED_BASE + config.seed * 10_000,
-            config,
-            cache_dir,
-        )
+    def image_set(kind: str, prompt_list: list[str], per_prompt: int, folder: str | None = None):
+        if folder is not None:
+            return folder_latents(backend, folder, prompt_list)
+        seed = DATA_SEED_BASE + config.seed * 10_000 + SET_SEED_OFFSETS[kind]
+        return cached_latents(backend, kind, prompt_list, per_prompt, seed, config, cache_dir)
+
+    forget_latents, forget_index = image_set(
+        "forget", prompts.forget, config.images_per_prompt, config.forget_image_dir
+    )
     surrogate_latents, surrogate_index = None, None
     if config.surrogate_images_per_prompt > 0:
-        surrogate_latents, surrogate_index = cached_latents(
-            backend,
-            "surrogate",
-            prompts.surrogate,
-            config.surrogate_images_per_prompt,
-            DATA_SEED_BASE + config.seed * 10_000 + 2_500,
-            config,
-            cache_dir,
+        surrogate_latents, surrogate_index = image_set(
+            "surrogate", prompts.surrogate, config.surrogate_images_per_prompt
         )
-    if config.retain_image_dir is not None:
-        retain_latents, retain_index = folder_latents(backend, config.retain_image_dir, prompts.retain)
-    else:
-        per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
-        retain_latents, retain_index = cached_latents(
-            backend,
-            "retain",
-            prompts.retain,
-            per_retain,
-            DATA_SEED_BASE + config.seed * 10_000 + 5_000,
-            config,
-            cache_dir,
-        )
+    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
+    retain_latents, retain_index = image_set("retain", prompts.retain, per_retain, config.retain_image_dir)
     return TrainingData(
         forget_latents=forget_latents,
         forget_prompt_index=forget_index,
