@@ -12,7 +12,7 @@ interrupted run leaves what it measured. Prints a table and writes
 ``bench/results/erasure.json``.
 
     .venv/bin/python bench/erasure.py --quick --variants default   # 2 styles, 2 objects, defaults only
-    .venv/bin/python bench/erasure.py                               # every concept and variant (about 2 h)
+    .venv/bin/python bench/erasure.py                               # every concept and variant (about 95 min)
     .venv/bin/python bench/erasure.py --table bench/results/erasure.json
 """
 
