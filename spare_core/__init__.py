@@ -1,0 +1,83 @@
+"""SPARE: erase a concept from a text-to-image diffusion model with a sparse LoRA trained by self-distillation.
+
+The public API is the names in ``__all__``; ``docs/architecture.md`` documents
+each of them. The command line, the demo, the benchmarks, the ComfyUI nodes
+and the app use only these names. They are imported on first use, so that
+``import spare_core`` stays cheap and importing one module (say the settings)
+does not pull in torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    # models and the backend contract
+    "open_model": "models",
+    "ModelError": "models",
+    "DiffusionBackend": "backend",
+    "Conditioning": "backend",
+    "Architecture": "architectures",
+    "register_architecture": "architectures",
+    "get_architecture": "architectures",
+    # settings
+    "ErasureConfig": "config",
+    "ConceptPair": "config",
+    "Setting": "config",
+    "SETTINGS": "config",
+    "SettingsError": "config",
+    # prompt domains
+    "Domain": "domain",
+    "GenericDomain": "domain",
+    # events and cancel
+    "Event": "events",
+    "CancelToken": "events",
+    "ErasureCancelled": "events",
+    "STAGES": "events",
+    # the stages
+    "prepare_sets": "erasure",
+    "measure_profile": "erasure",
+    "select_modules": "erasure",
+    "train": "erasure",
+    "erase": "erasure",
+    "ErasureSets": "erasure",
+    "TrainedAdapter": "erasure",
+    "ErasureResult": "erasure",
+    "StageMismatch": "erasure",
+    "TimestepProfile": "timesteps",
+    "Saliency": "saliency",
+    "TrainingDiverged": "trainer",
+    "SparseLoRA": "adapter",
+    # the LoRA in memory
+    "Lora": "lora",
+    "build_lora": "lora",
+    "lora_from_adapter": "lora",
+    "read_lora": "lora",
+    "LoraFileError": "lora_file",
+    # previews, pictures and files
+    "generate_images": "preview",
+    "preview": "preview",
+    "Preview": "preview",
+    "grid_image": "images",
+    "plot_profile": "timesteps",
+    "plot_saliency": "saliency",
+    "save_png": "fileio",
+    "write_json": "fileio",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'spare_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,27 +1,58 @@
-"""The model backend: everything the SPARE algorithm needs from a diffusion model.
+"""The backend contract: everything the SPARE algorithm needs from a diffusion model, and nothing else.
 
-The algorithm modules (saliency, timestep profile, trainer, evaluation) only
-talk to this interface, so the same code serves a diffusers pipeline (the toy
-model, Stable Diffusion checkpoints) and a ComfyUI MODEL/CLIP pair, whose
-backend lives with the nodes because it imports comfy.
+The algorithm modules (data generation, timestep profile, saliency, trainer,
+preview, LoRA export) talk only to :class:`DiffusionBackend`. A diffusers
+pipeline (the toy model, Stable Diffusion folders), an SDXL pipeline and a
+ComfyUI MODEL/CLIP pair each implement it; the engine never learns which it has.
+
+The contract, in words (``tests/test_backend_contract.py`` checks it on every backend):
+
+1. **Timesteps.** Training timesteps are integers ``0 .. num_train_timesteps - 1``
+   (0 is a clean image). A backend that works in sigmas (ComfyUI) converts.
+2. **Noising.** ``add_noise(x0, noise, t)`` is the model's own forward process at
+   timestep ``t`` per sample: for variance-preserving models
+   ``sqrt(a_t) x0 + sqrt(1 - a_t) noise``, exactly what its scheduler does. Its
+   output is what ``predict_noise`` takes.
+3. **Prediction.** ``predict_noise(x_t, t, cond)`` returns epsilon, the noise in
+   ``x_t``, whatever the model's own parameterisation (v-prediction and x0
+   outputs are converted). It is differentiable with respect to the weights of
+   ``denoiser()`` and to adapters attached to them.
+4. **Conditioning.** ``encode_prompts`` returns a :class:`Conditioning`:
+   ``hidden_states`` for cross-attention plus ``extra`` tensors the model also
+   reads (SDXL: pooled text embeddings and size conditioning), each with the
+   batch as its first dimension. ``predict_noise`` passes every extra on;
+   ``conditioning_extras`` names them.
+5. **Modules.** ``denoiser()`` is the module whose Linear/Conv2d layers may carry
+   an adapter, named as the backend names them. ``lora_layer_names`` maps those
+   names to the kohya layer names a LoRA file for this architecture uses, and
+   ``lora_layer_table`` maps every kohya spelling a file may use back to them.
+6. **Images.** ``encode_images`` takes ``[N, 3, image_size, image_size]`` in
+   [-1, 1] and returns latents of ``latent_shape``; ``sample`` draws one image per
+   (prompt, seed), each from its own seed's noise, calling ``on_step`` after
+   every denoising step (cancel checks run there).
+7. **Inference tensors.** Weights, latents and conditioning may have been made
+   under ``torch.inference_mode()`` (ComfyUI); the engine clones what it saves
+   for backward, the backend must not make that impossible.
+8. **Domain.** ``domain`` is the prompt world the model comes with (the toy model
+   supplies its own), or ``None`` for the generic defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-#: Architectures a backend may report; they decide LoRA key naming and metadata.
-ARCHITECTURES = ("toy", "sd1", "sd2", "sdxl")
+if TYPE_CHECKING:
+    from .domain import Domain
 
 
 @dataclass
 class Conditioning:
-    """Encoded prompts: the cross-attention states, plus what some UNets also need (SDXL)."""
+    """Encoded prompts: the cross-attention states, plus what some models also read (SDXL)."""
 
     hidden_states: torch.Tensor  # [N, tokens, dim]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -51,23 +82,26 @@ class Conditioning:
         return Conditioning(self.hidden_states.detach().clone(), {k: v.detach().clone() for k, v in self.extra.items()})
 
 
+StepCallback = Callable[[], None]
+
+
 @runtime_checkable
 class DiffusionBackend(Protocol):
-    """A text-to-image diffusion model as the algorithm sees it."""
+    """A text-to-image diffusion model as the algorithm sees it (see the module docstring)."""
 
+    #: Key of the model's architecture in :mod:`spare_core.architectures`.
     arch: str
     num_train_timesteps: int
+    #: Names of the :attr:`Conditioning.extra` tensors the model reads (empty for SD 1.x/2.x).
+    conditioning_extras: tuple[str, ...]
+    #: The prompt world the model comes with, or None for the generic defaults.
+    domain: Domain | None
 
     @property
     def device(self) -> torch.device: ...
 
     @property
     def dtype(self) -> torch.dtype: ...
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        """Cumulative signal fraction per training timestep, float32 on CPU."""
-        ...
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -80,26 +114,48 @@ class DiffusionBackend(Protocol):
         ...
 
     def denoiser(self) -> nn.Module:
-        """The module whose Linear/Conv layers may carry an adapter (the UNet)."""
+        """The module whose Linear/Conv2d layers may carry an adapter (the UNet)."""
+        ...
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward process at integer training timesteps ``t`` (one per sample)."""
+        ...
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Differentiable epsilon prediction at integer training timesteps ``t``."""
         ...
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning: ...
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Differentiable epsilon prediction (v-prediction models are converted)."""
-        ...
-
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] to (scaled) latents."""
+        """Images in [-1, 1] to latents."""
         ...
 
-    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float) -> torch.Tensor:
-        """One image per (prompt, seed), [N, 3, H, W] in [-1, 1]."""
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        guidance_scale: float,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """One image per (prompt, seed), [N, 3, H, W] in [-1, 1]; ``on_step`` after every denoising step."""
+        ...
+
+    def lora_layer_names(self, module_names: Sequence[str]) -> dict[str, str]:
+        """Module name -> kohya layer name (``lora_unet_...``) in this architecture's file spelling."""
+        ...
+
+    def lora_layer_table(self) -> Mapping[str, str]:
+        """Every kohya layer name a file may use for this model (any spelling) -> module name."""
         ...
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Forward diffusion ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise`` for per-sample timesteps ``t``."""
+def vp_add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Variance-preserving forward process ``sqrt(a_t) x0 + sqrt(1 - a_t) noise`` for per-sample timesteps ``t``.
+
+    A helper for backends whose scheduler is described by ``alphas_cumprod``.
+    """
     a = alphas_cumprod.to(x0.device)[t.to(alphas_cumprod.device).long()].to(x0.dtype)
     a = a.view(-1, *([1] * (x0.dim() - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise

@@ -1,18 +1,112 @@
-"""One serialisable configuration for an erasure: stored in the LoRA file so a result can be traced and re-run."""
+"""The settings of an erasure, declared once: default, range or choices, help, and whether it is advanced.
+
+This module is a leaf: it imports nothing from the engine and not torch, so
+every layer (algorithm modules, CLI, ComfyUI nodes, app) may import it. The
+command-line options, the node inputs and the app's widgets are generated from
+:data:`SETTINGS`; an :class:`ErasureConfig` holds one value per setting and is
+stored in every LoRA file, so that a result can be traced and re-run.
+
+Types are limited to what a node widget and a form can show: int, float, str,
+bool, a choice among strings, and a list of strings. "Off" is an explicit
+value (``0``, ``""`` or an empty list), never ``None``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
-from .image_folder import image_files
-from .saliency import MODULE_SCOPES, SALIENCY_MODES
-
+#: What saliency measures (see :mod:`spare_core.saliency`).
+SALIENCY_MODES = ("denoise", "forget", "forget_over_retain")
+#: Which modules saliency may choose from (see :func:`spare_core.saliency.candidate_modules`).
+MODULE_SCOPES = ("all", "attention", "cross_attention", "text")
+#: How training timesteps are drawn.
 TIMESTEP_MODES = ("profile", "uniform")
+#: Image files read from a user's folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Settings added after files were first written, with the value that reproduces
 #: those older files' runs (``spare erase --from`` on an older LoRA).
 SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"surrogate_images_per_prompt": 0}
+
+
+class SettingsError(ValueError):
+    """A setting has a value it cannot take; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One erasure setting as every front end shows it."""
+
+    name: str
+    kind: str  # "int", "float", "str", "bool", "choice" or "list"
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    advanced: bool = False
+    group: str = "training"
+    aliases: tuple[str, ...] = ()  # extra command-line spellings, e.g. "--scope"
+
+    @property
+    def option(self) -> str:
+        """The command-line option: the setting's name with dashes (``top_k`` -> ``--top-k``)."""
+        return "--" + self.name.replace("_", "-")
+
+    def range_text(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"at least {self.minimum:g}"
+        return ""
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this setting's type; SettingsError if it does not fit."""
+        label = self.name
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise SettingsError(f"{label} must be true or false, got {value!r}")
+            return value
+        if self.kind == "list":
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise SettingsError(f"{label} must be a list of texts, got {value!r}")
+            if not all(isinstance(v, str) and v.strip() for v in value):
+                raise SettingsError(f"{label} holds an empty or non-text entry: {list(value)!r}")
+            return list(value)
+        if self.kind in ("str", "choice"):
+            if not isinstance(value, str):
+                raise SettingsError(f"{label} must be a text, got {value!r}")
+            if self.kind == "choice" and value not in self.choices:
+                raise SettingsError(f"unknown {label} {value!r}; use one of {', '.join(self.choices)}")
+            return value
+        number_type = int if self.kind == "int" else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{label} must be a number, got {value!r}")
+        if number_type is int and float(value) != int(value):
+            raise SettingsError(f"{label} must be a whole number, got {value!r}")
+        value = number_type(value)
+        if not math.isfinite(value):
+            raise SettingsError(f"{label} must be a finite number, got {value}")
+        if self.minimum is not None and value < self.minimum:
+            raise SettingsError(f"{label} must be {self.range_text()}, got {value:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingsError(f"{label} must be {self.range_text()}, got {value:g}")
+        return value
+
+
+def _setting(default: Any, kind: str, help: str, **kw: Any) -> Any:
+    """A dataclass field that carries its :class:`Setting` description in its metadata."""
+    factory = (lambda d=default: list(d)) if kind == "list" else None
+    meta = {"setting": dict(kind=kind, default=default, help=help, **kw)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -25,119 +119,246 @@ class ConceptPair:
 
 @dataclass
 class ErasureConfig:
-    """Everything that decides an erasure's result (with the base model and seed)."""
+    """Everything that decides an erasure's result (with the base model and seed).
+
+    ``concepts`` and ``base_model`` are given by the front end (the concept and
+    surrogate inputs, the opened model); every other field is a setting.
+    """
 
     concepts: list[ConceptPair]
     base_model: str = "toy"
-    # Forget / retain sets: images the frozen model generates for these prompts
-    # (None: the automatic prompt sets of spare_core.prompts).
-    forget_prompts: list[str] | None = None
-    retain_prompts: list[str] | None = None
-    # Folders of the user's own images instead of generated ones (None: generate);
-    # each image is paired with the set's prompts in turn (spare_core.image_folder).
-    forget_image_dir: str | None = None
-    retain_image_dir: str | None = None
-    images_per_prompt: int = 2
-    # Images of each surrogate prompt added to the forget pool: the student then
-    # also learns the surrogate's prediction on the latents its own sampling
-    # passes through once it draws the surrogate (0: concept images only).
-    surrogate_images_per_prompt: int = 2
-    retain_images: int = 64
-    sample_steps: int = 10
-    sample_guidance: float = 5.0
-    # The defaults below were chosen on the quick set (red, stripes, circle, cross)
-    # and the worst concepts of an earlier full run, and are measured on all 12
-    # toy concepts with every variant in bench/results/erasure.json: mean UA
-    # 0.997, IRA 1.5 and CRA 0.3 points below base, surrogate rate 0.93, median
-    # erase 53 s, LoRA 22 KiB. Within the text scope the plain denoising saliency
-    # (the SPARE paper's) does as well as forget_over_retain; surrogate images in
-    # the forget pool lifted the surrogate rate from 0.88 (that file at commit
-    # 773ff94, row saliency=denoise) to 0.93.
-    # Saliency: which modules carry the adapter.
-    saliency_mode: str = "denoise"
-    module_scope: str = "text"
-    top_k: int | None = 12
-    module_fraction: float | None = None
-    channel_fraction: float = 1.0  # < 1: structured row mask inside each selected module
-    saliency_batches: int = 4
-    # Timestep targeting.
-    timestep_mode: str = "profile"
-    profile_points: int = 20
-    profile_gamma: float = 1.0
-    profile_floor: float = 0.2
-    profile_contrast: bool = True
-    # Adapter and training.
-    rank: int = 4
-    alpha: float = 4.0
-    steps: int = 120
-    batch_size: int = 8
-    lr: float = 6e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eta: float = 1.0  # surrogate guidance in the forget target (0: pure self-distillation)
-    forget_weight: float = 1.0
-    retain_weight: float = 1.0
-    seed: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    # ---------------------------------------------------------------- data
+    forget_prompts: list[str] = _setting(
+        (),
+        "list",
+        "prompts that name the concept (default: the model's own set for each concept); "
+        "each must contain the concept's word",
+        group="data",
+        aliases=("--forget-prompt",),
+    )
+    retain_prompts: list[str] = _setting(
+        (), "list", "prompts whose images must not change (default: automatic)", group="data", aliases=("--retain-prompt",)
+    )
+    forget_image_dir: str = _setting(
+        "",
+        "str",
+        "a folder of your own images of the concept (PNG/JPEG, cropped to a square) used instead of generated "
+        "ones; image i goes with forget prompt i mod n (empty: generate)",
+        group="data",
+    )
+    retain_image_dir: str = _setting(
+        "",
+        "str",
+        "a folder of your own images of what must not change, used instead of generated ones; "
+        "image i goes with retain prompt i mod n (empty: generate)",
+        group="data",
+    )
+    images_per_prompt: int = _setting(2, "int", "forget images generated per prompt", minimum=1, maximum=64, group="data")
+    surrogate_images_per_prompt: int = _setting(
+        2,
+        "int",
+        "images of each surrogate prompt added to the forget pool, so that the erased model also agrees with the "
+        "surrogate where its own sampling goes (0: off)",
+        minimum=0,
+        maximum=64,
+        group="data",
+    )
+    retain_images: int = _setting(64, "int", "retain images generated in all", minimum=1, maximum=4096, group="data")
+    sample_steps: int = _setting(
+        10, "int", "sampling steps for the generated sets", minimum=1, maximum=200, advanced=True, group="data"
+    )
+    sample_guidance: float = _setting(
+        5.0, "float", "classifier-free guidance of the generated sets", minimum=0.0, maximum=50.0, advanced=True,
+        group="data",
+    )
+    generation_batch_size: int = _setting(
+        16,
+        "int",
+        "images drawn per sampling call while generating the sets (lower it if memory runs out)",
+        minimum=1,
+        maximum=256,
+        advanced=True,
+        group="data",
+    )
+    # ---------------------------------------------------------------- saliency
+    saliency_mode: str = _setting(
+        "denoise",
+        "choice",
+        "what saliency measures: the plain denoising loss on forget images (denoise), the erasure objective "
+        "(forget), or the erasure objective relative to retain images (forget_over_retain)",
+        choices=SALIENCY_MODES,
+        group="saliency",
+    )
+    module_scope: str = _setting(
+        "text",
+        "choice",
+        "modules saliency may choose from: every Linear/Conv (all), attention projections, cross-attention "
+        "projections, or the cross-attention keys and values that read the prompt (text)",
+        choices=MODULE_SCOPES,
+        group="saliency",
+        aliases=("--scope",),
+    )
+    top_k: int = _setting(
+        12, "int", "number of modules that carry the LoRA (0: use module_fraction instead)", minimum=0, maximum=10_000,
+        group="saliency",
+    )
+    module_fraction: float = _setting(
+        0.0,
+        "float",
+        "share of the candidate modules that carry the LoRA, used when top_k is 0",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+        group="saliency",
+    )
+    channel_fraction: float = _setting(
+        1.0,
+        "float",
+        "share of output channels trained in each chosen module (a row mask that still exports as a plain LoRA)",
+        minimum=0.001,
+        maximum=1.0,
+        advanced=True,
+        group="saliency",
+    )
+    saliency_batches: int = _setting(
+        4, "int", "batches of gradients summed for saliency", minimum=1, maximum=1000, advanced=True, group="saliency"
+    )
+    # ---------------------------------------------------------------- timesteps
+    timestep_mode: str = _setting(
+        "profile",
+        "choice",
+        "how training timesteps are drawn: from the concept's timestep profile, or uniformly",
+        choices=TIMESTEP_MODES,
+        group="timesteps",
+        aliases=("--timesteps",),
+    )
+    profile_points: int = _setting(
+        20, "int", "timesteps at which the profile is measured", minimum=2, maximum=1000, advanced=True,
+        group="timesteps",
+    )
+    profile_gamma: float = _setting(
+        1.0, "float", "sharpness of the timestep distribution, p(t) ~ d(t)^gamma", minimum=0.0, maximum=10.0,
+        advanced=True, group="timesteps", aliases=("--gamma",),
+    )
+    profile_floor: float = _setting(
+        0.2, "float", "uniform share mixed into p(t)", minimum=0.0, maximum=1.0, advanced=True, group="timesteps",
+        aliases=("--floor",),
+    )
+    profile_contrast: bool = _setting(
+        True,
+        "bool",
+        "divide the profile by how much two other concepts differ at each timestep, so it shows what is "
+        "specific to this concept",
+        advanced=True,
+        group="timesteps",
+    )
+    # ---------------------------------------------------------------- training
+    rank: int = _setting(4, "int", "LoRA rank", minimum=1, maximum=256)
+    alpha: float = _setting(4.0, "float", "LoRA alpha; the update is scaled by alpha / rank", minimum=1e-6, maximum=1e4)
+    steps: int = _setting(120, "int", "training steps", minimum=1, maximum=100_000)
+    batch_size: int = _setting(8, "int", "training batch size (forget and retain images each)", minimum=1, maximum=512)
+    lr: float = _setting(6e-3, "float", "AdamW learning rate (cosine schedule)", minimum=1e-8, maximum=1e4)
+    weight_decay: float = _setting(0.0, "float", "AdamW weight decay", minimum=0.0, maximum=1.0, advanced=True)
+    grad_clip: float = _setting(
+        1.0, "float", "gradient norm clipping (0: off)", minimum=0.0, maximum=1e6, advanced=True
+    )
+    eta: float = _setting(
+        1.0,
+        "float",
+        "surrogate guidance of the forget target; 0 is pure self-distillation toward the surrogate",
+        minimum=0.0,
+        maximum=10.0,
+    )
+    forget_weight: float = _setting(1.0, "float", "weight of the forget term", minimum=0.0, maximum=1e3, advanced=True)
+    retain_weight: float = _setting(1.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
+    seed: int = _setting(0, "int", "seed of every random draw", minimum=0, maximum=2**31 - 1)
+
+    # ---------------------------------------------------------------- checks and storage
 
     def validate(self) -> ErasureConfig:
-        """Raise ValueError with a message that says what to change."""
+        """Check every value; raise SettingsError with a message that says what to change."""
         if not self.concepts:
-            raise ValueError("no concept to erase: give at least one concept")
+            raise SettingsError("no concept to erase: give at least one concept")
         for pair in self.concepts:
             if not pair.concept.strip():
-                raise ValueError("the concept is empty: name what to erase")
+                raise SettingsError("the concept is empty: name what to erase")
             if not pair.surrogate.strip():
-                raise ValueError(f"the surrogate for {pair.concept!r} is empty: name what to draw instead")
+                raise SettingsError(f"the surrogate for {pair.concept!r} is empty: name what to draw instead")
             if pair.concept.strip().lower() == pair.surrogate.strip().lower():
-                raise ValueError(f"the concept and its surrogate are both {pair.concept!r}; choose another surrogate")
-        if self.rank < 1:
-            raise ValueError(f"rank must be at least 1, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.images_per_prompt < 1 or self.retain_images < 1:
-            raise ValueError("images per prompt and retain images must be at least 1")
-        if self.surrogate_images_per_prompt < 0:
-            raise ValueError(f"surrogate images per prompt must be 0 or more, got {self.surrogate_images_per_prompt}")
-        for folder in (self.forget_image_dir, self.retain_image_dir):
-            if folder is not None:
-                image_files(folder)  # raises with a message that says what to change
-        if self.saliency_mode not in SALIENCY_MODES:
-            raise ValueError(f"unknown saliency mode {self.saliency_mode!r}; use one of {', '.join(SALIENCY_MODES)}")
-        if self.module_scope not in MODULE_SCOPES:
-            raise ValueError(f"unknown module scope {self.module_scope!r}; use one of {', '.join(MODULE_SCOPES)}")
-        if self.timestep_mode not in TIMESTEP_MODES:
-            raise ValueError(f"unknown timestep mode {self.timestep_mode!r}; use profile or uniform")
-        if self.top_k is None and self.module_fraction is None:
-            raise ValueError("give top_k or module_fraction to choose how many modules carry the adapter")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
-        if self.module_fraction is not None and not 0 < self.module_fraction <= 1:
-            raise ValueError(f"module fraction must lie in (0, 1], got {self.module_fraction}")
-        if not 0 < self.channel_fraction <= 1:
-            raise ValueError(f"channel fraction must lie in (0, 1], got {self.channel_fraction}")
-        if not 0 <= self.profile_floor <= 1:
-            raise ValueError(f"profile floor must lie in [0, 1], got {self.profile_floor}")
+                raise SettingsError(
+                    f"the concept and its surrogate are both {pair.concept!r}; choose another surrogate"
+                )
+        for setting in SETTINGS:
+            setattr(self, setting.name, setting.check(getattr(self, setting.name)))
+        if self.top_k == 0 and self.module_fraction == 0:
+            raise SettingsError("give top_k or module_fraction to choose how many modules carry the adapter")
+        for name in ("forget_image_dir", "retain_image_dir"):
+            folder = getattr(self, name)
+            if folder:
+                _check_image_folder(folder)
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """The value of every setting, by name (what front ends show and override)."""
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ErasureConfig:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"stored erasure settings are not valid JSON ({exc})") from None
         known = {f.name for f in fields(cls)}
+        data.pop("extra", None)  # an empty field of early files
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown erasure settings {sorted(unknown)}: written by a newer SPARE?")
-        data["concepts"] = [ConceptPair(**c) for c in data["concepts"]]
+            raise SettingsError(f"unknown erasure settings {sorted(unknown)}: written by a newer SPARE?")
+        data["concepts"] = [ConceptPair(**c) for c in data.get("concepts", [])]
+        # Early files wrote None where today an explicit "off" value is stored.
+        for setting in SETTINGS:
+            if setting.name in data and data[setting.name] is None:
+                data[setting.name] = _OFF[setting.kind]
         # A file written before a setting existed ran with that setting's old behaviour.
         for name, value in SETTINGS_BEFORE_THEY_EXISTED.items():
             data.setdefault(name, value)
         return cls(**data)
+
+    def with_settings(self, **overrides: Any) -> ErasureConfig:
+        """A copy with some settings replaced (names checked; values checked by :meth:`validate`)."""
+        unknown = set(overrides) - set(SETTINGS_BY_NAME)
+        if unknown:
+            raise SettingsError(f"unknown settings {sorted(unknown)}; see the list of settings")
+        data = asdict(self)
+        data.update(overrides)
+        data["concepts"] = [ConceptPair(**c) for c in data["concepts"]]
+        return ErasureConfig(**data)
+
+
+_OFF = {"int": 0, "float": 0.0, "str": "", "bool": False, "choice": "", "list": []}
+
+
+def _check_image_folder(folder: str) -> None:
+    path = Path(folder)
+    if not path.is_dir():
+        raise SettingsError(f"image folder {folder} not found: give a folder of PNG or JPEG images")
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        raise SettingsError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add some")
+
+
+def _collect_settings() -> tuple[Setting, ...]:
+    out = []
+    for f in fields(ErasureConfig):
+        if "setting" in f.metadata:
+            spec = dict(f.metadata["setting"])
+            if spec["kind"] == "list":
+                spec["default"] = list(spec["default"])
+            out.append(Setting(name=f.name, **spec))
+    return tuple(out)
+
+
+#: Every setting in declaration order: the one schema the CLI, the nodes and the app are generated from.
+SETTINGS: tuple[Setting, ...] = _collect_settings()
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,12 +1,21 @@
-"""The whole SPARE erasure: forget/retain sets, timestep profile, saliency, adapter, training.
+"""The stages of a SPARE erasure as separate calls, and ``erase`` composing them.
 
-Each stage is its own module and usable alone; this one wires them in order
-for the CLI, the demo, the benchmark and (later) the ComfyUI nodes.
+    sets = prepare_sets(backend, config)               # forget / surrogate / retain images, as latents
+    profile = measure_profile(backend, config, sets)   # where in t the concept is decided
+    saliency = select_modules(backend, config, sets, profile)   # which modules carry the adapter
+    trained = train(backend, config, sets, saliency, profile)   # the sparse LoRA
+    result = erase(backend, config)                    # all of the above
+
+Each stage's result can be inspected, plotted, saved and loaded, and handed to
+the next stage (the ComfyUI nodes are exactly these stages). Every stage takes
+an optional event callback and cancel token (:mod:`spare_core.events`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,84 +23,185 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .adapter import SparseLoRA
 from .backend import DiffusionBackend
 from .config import ErasureConfig
+from .domain import Domain, GenericDomain
+from .events import CancelToken, EventCallback, Monitor
 from .fileio import save_safetensors
 from .image_folder import load_image_folder, round_robin_index
 from .prompts import PromptSet, build_prompt_set
 from .saliency import Saliency, compute_saliency
 from .timesteps import TimestepProfile, TimestepSampler, compute_profile, default_grid
-from .trainer import SelfDistillationTrainer, StepReport, TrainingData, TrainingHistory
+from .trainer import SelfDistillationTrainer, TrainingData, TrainingHistory
 
 logger = logging.getLogger(__name__)
 
 #: Seeds of the forget/retain sets start here; evaluation seeds stay below it.
 DATA_SEED_BASE = 1_000_000
+#: Where each set's seeds start, after DATA_SEED_BASE + seed * 10_000 (fixed: caches and the bench rely on them).
+SET_SEED_OFFSETS = {"forget": 0, "surrogate": 2_500, "retain": 5_000}
+#: The settings that decide which modules a saliency selects (checked when a saved saliency is reused).
+SELECTION_SETTINGS = ("saliency_mode", "module_scope", "top_k", "module_fraction", "timestep_mode", "seed")
+
+
+class StageMismatch(ValueError):
+    """A saved stage result does not belong to this erasure; the message says what differs."""
+
+
+# --------------------------------------------------------------------------- stage 0: the sets
 
 
 @dataclass
-class ErasureResult:
-    config: ErasureConfig
+class ErasureSets:
+    """The prompts of an erasure and the images (as latents) drawn or read for them."""
+
     prompts: PromptSet
-    adapter: SparseLoRA
-    profile: TimestepProfile | None
-    saliency: Saliency
-    selected_modules: list[str]
-    history: TrainingHistory
-    seconds: dict[str, float]
+    data: TrainingData
+
+    def save(self, path: str | Path) -> None:
+        """Write the latents and prompts to a safetensors file (the conditioning is re-encoded on load)."""
+        d = self.data
+        tensors = {
+            "forget_latents": d.forget_latents,
+            "forget_prompt_index": d.forget_prompt_index,
+            "retain_latents": d.retain_latents,
+            "retain_prompt_index": d.retain_prompt_index,
+        }
+        if d.surrogate_latents is not None:
+            tensors["surrogate_latents"] = d.surrogate_latents
+            tensors["surrogate_prompt_index"] = d.surrogate_prompt_index
+        save_safetensors(tensors, path, metadata={"spare_sets": json.dumps(self.prompts.as_dict())})
+
+    @classmethod
+    def load(cls, path: str | Path, backend: DiffusionBackend) -> ErasureSets:
+        """Read sets written by :meth:`save` for ``backend``'s model."""
+        from .lora_file import read_safetensors
+
+        tensors, metadata = read_safetensors(Path(path))
+        if "spare_sets" not in metadata or "forget_latents" not in tensors:
+            raise StageMismatch(f"{path} is not a SPARE sets file (written by ErasureSets.save)")
+        prompts = PromptSet.from_dict(json.loads(metadata["spare_sets"]))
+        if tuple(tensors["forget_latents"].shape[1:]) != tuple(backend.latent_shape):
+            raise StageMismatch(
+                f"{path} holds latents of shape {tuple(tensors['forget_latents'].shape[1:])}, "
+                f"the model's are {tuple(backend.latent_shape)}: the sets were made for another model"
+            )
+        return cls(prompts, _training_data(backend, prompts, tensors))
 
 
-def _generate_latents(
-    backend: DiffusionBackend, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images the frozen model draws for ``prompts`` (``per_prompt`` each), as latents, with prompt indices."""
-    index = [i for i in range(len(prompts)) for _ in range(per_prompt)]
-    seeds = [seed + k for k in range(len(index))]
-    images = backend.sample([prompts[i] for i in index], seeds, config.sample_steps, config.sample_guidance)
-    return backend.encode_images(images).float().cpu(), torch.tensor(index)
+def _training_data(backend: DiffusionBackend, prompts: PromptSet, tensors: dict) -> TrainingData:
+    return TrainingData(
+        forget_latents=tensors["forget_latents"],
+        forget_prompt_index=tensors["forget_prompt_index"],
+        concept_cond=backend.encode_prompts(prompts.forget).detached_clone(),
+        surrogate_cond=backend.encode_prompts(prompts.surrogate).detached_clone(),
+        retain_latents=tensors["retain_latents"],
+        retain_prompt_index=tensors["retain_prompt_index"],
+        retain_cond=backend.encode_prompts(prompts.retain).detached_clone(),
+        surrogate_latents=tensors.get("surrogate_latents"),
+        surrogate_prompt_index=tensors.get("surrogate_prompt_index"),
+    )
+
+
+class _SetDrawer:
+    """Draws the sets batch by batch, reporting ``data`` events and checking cancel at every denoising step."""
+
+    def __init__(self, backend: DiffusionBackend, config: ErasureConfig, monitor: Monitor, total: int):
+        self.backend, self.config, self.monitor = backend, config, monitor
+        self.total, self.done = total, 0
+
+    def draw(self, kind: str, prompts: list[str], index: list[int], seeds: list[int]) -> torch.Tensor:
+        batch = self.config.generation_batch_size
+        latents = []
+        for start in range(0, len(index), batch):
+            self.monitor.check()
+            chunk = index[start : start + batch]
+            images = self.backend.sample(
+                [prompts[i] for i in chunk],
+                seeds[start : start + batch],
+                self.config.sample_steps,
+                self.config.sample_guidance,
+                on_step=self.monitor.check,
+            )
+            latents.append(self.backend.encode_images(images).float().cpu())
+            self.done += len(chunk)
+            self.monitor.emit("data", self.done, self.total, message=f"{kind} images")
+        return torch.cat(latents)
 
 
 def _cache_key(kind: str, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig) -> str:
-    text = "\n".join(
-        [
-            kind,
-            config.base_model,
-            str(per_prompt),
-            str(seed),
-            str(config.sample_steps),
-            str(config.sample_guidance),
-            *prompts,
-        ]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    fields = [kind, config.base_model, str(per_prompt), str(seed), str(config.sample_steps)]
+    fields += [str(config.sample_guidance), str(config.generation_batch_size), *prompts]
+    return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
 
 
-def cached_latents(
+def prepare_sets(
     backend: DiffusionBackend,
+    config: ErasureConfig,
+    *,
+    domain: Domain | None = None,
+    cache_dir: str | Path | None = None,
+    on_event: EventCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ErasureSets:
+    """Stage 0: the prompt set, and the forget, surrogate and retain images as latents.
+
+    Images the frozen model draws for the prompts (or the user's folders), in
+    batches of ``config.generation_batch_size``. With ``cache_dir`` each drawn
+    set is kept, keyed by everything that shapes it, and re-used; a cancelled
+    run leaves no partial set there.
+    """
+    config.validate()
+    monitor = Monitor(on_event, cancel)
+    prompts = build_prompt_set(config, domain or backend.domain or GenericDomain())
+    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
+    plan = [("forget", prompts.forget, config.images_per_prompt, config.forget_image_dir)]
+    if config.surrogate_images_per_prompt > 0:
+        plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt, ""))
+    plan.append(("retain", prompts.retain, per_retain, config.retain_image_dir))
+    total = sum(len(p) * n for _, p, n, folder in plan if not folder)
+    drawer = _SetDrawer(backend, config, monitor, total)
+    monitor.emit("data", 0, total, message="drawing the forget, surrogate and retain images")
+    tensors: dict[str, torch.Tensor] = {}
+    for kind, prompt_list, per_prompt, folder in plan:
+        if folder:
+            latents, index = _folder_latents(backend, folder, prompt_list)
+        else:
+            latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
+        tensors[f"{kind}_latents"], tensors[f"{kind}_prompt_index"] = latents, index
+    return ErasureSets(prompts, _training_data(backend, prompts, tensors))
+
+
+def _drawn_latents(
+    drawer: _SetDrawer,
     kind: str,
     prompts: list[str],
     per_prompt: int,
-    seed: int,
     config: ErasureConfig,
-    cache_dir: Path | None,
+    cache_dir: str | Path | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate a forget/retain set once and keep it in ``cache_dir`` (keyed by everything that shapes it)."""
+    from safetensors.torch import load_file
+
+    seed = DATA_SEED_BASE + config.seed * 10_000 + SET_SEED_OFFSETS[kind]
+    index = [i for i in range(len(prompts)) for _ in range(per_prompt)]
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{kind}-{_cache_key(kind, prompts, per_prompt, seed, config)}.safetensors"
         if path.exists():
             data = load_file(path)
+            drawer.done += len(index)
+            drawer.monitor.emit("data", drawer.done, drawer.total, message=f"{kind} images (cached)")
             return data["latents"], data["prompt_index"]
-    latents, index = _generate_latents(backend, prompts, per_prompt, seed, config)
+    latents = drawer.draw(kind, prompts, index, [seed + k for k in range(len(index))])
+    prompt_index = torch.tensor(index)
     if path is not None:
-        save_safetensors({"latents": latents, "prompt_index": index}, path)
-    return latents, index
+        save_safetensors({"latents": latents, "prompt_index": prompt_index}, path)
+    return latents, prompt_index
 
 
-def folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The user's images in ``folder`` as latents, paired with ``prompts`` in turn."""
     images = load_image_folder(folder, backend.image_size)
     latents = torch.cat([backend.encode_images(chunk).float().cpu() for chunk in images.split(16)])
@@ -99,100 +209,115 @@ def folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -
     return latents, round_robin_index(len(latents), len(prompts))
 
 
-#: Where each set's seeds start, after DATA_SEED_BASE + seed * 10_000 (fixed: caches and the bench rely on them).
-SET_SEED_OFFSETS = {"forget": 0, "surrogate": 2_500, "retain": 5_000}
+# --------------------------------------------------------------------------- stage 1: the timestep profile
 
 
-def build_training_data(
-    backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, cache_dir: Path | None = None
-) -> TrainingData:
-    def image_set(kind: str, prompt_list: list[str], per_prompt: int, folder: str | None = None):
-        if folder is not None:
-            return folder_latents(backend, folder, prompt_list)
-        seed = DATA_SEED_BASE + config.seed * 10_000 + SET_SEED_OFFSETS[kind]
-        return cached_latents(backend, kind, prompt_list, per_prompt, seed, config, cache_dir)
-
-    forget_latents, forget_index = image_set(
-        "forget", prompts.forget, config.images_per_prompt, config.forget_image_dir
-    )
-    surrogate_latents, surrogate_index = None, None
-    if config.surrogate_images_per_prompt > 0:
-        surrogate_latents, surrogate_index = image_set(
-            "surrogate", prompts.surrogate, config.surrogate_images_per_prompt
-        )
-    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
-    retain_latents, retain_index = image_set("retain", prompts.retain, per_retain, config.retain_image_dir)
-    return TrainingData(
-        forget_latents=forget_latents,
-        forget_prompt_index=forget_index,
-        concept_cond=backend.encode_prompts(prompts.forget).detached_clone(),
-        surrogate_cond=backend.encode_prompts(prompts.surrogate).detached_clone(),
-        retain_latents=retain_latents,
-        retain_prompt_index=retain_index,
-        retain_cond=backend.encode_prompts(prompts.retain).detached_clone(),
-        surrogate_latents=surrogate_latents,
-        surrogate_prompt_index=surrogate_index,
-    )
-
-
-def _contrast_prompts(config: ErasureConfig, prompts: PromptSet, toy: bool) -> tuple[str, str] | None:
-    """Two other concepts of the same domain, in the first forget prompt's wording."""
-    if not config.profile_contrast or not toy:
-        return None
-    from .prompts import swap_concept
-    from .toy import world
-
-    concept = config.concepts[0].concept
-    pool = world.STYLES if concept in world.STYLES else world.OBJECTS
-    others = [c for c in pool if c not in {p.concept for p in config.concepts} | {p.surrogate for p in config.concepts}]
-    if len(others) < 2:
-        return None
-    base = prompts.forget[0]
-    return swap_concept(base, concept, others[0]), swap_concept(base, concept, others[1])
-
-
-def build_profile(
-    backend: DiffusionBackend, config: ErasureConfig, prompts: PromptSet, data: TrainingData, toy: bool
+def measure_profile(
+    backend: DiffusionBackend,
+    config: ErasureConfig,
+    sets: ErasureSets,
+    *,
+    on_event: EventCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> TimestepProfile:
-    """The timestep profile of the first concept pair (its first forget prompt), on the forget latents."""
-    first = [i for i, c in enumerate(prompts.concept_of) if c == 0][0]
+    """Stage 1: the timestep profile of the first concept (its first forget prompt), on its forget latents.
+
+    With ``profile_contrast`` and a domain that names two other concepts of the
+    same kind, the profile is divided by how much those two differ.
+    """
+    monitor = Monitor(on_event, cancel)
+    prompts, data = sets.prompts, sets.data
+    first = prompts.concept_of.index(0)
     latents = data.forget_latents[data.forget_prompt_index == first]
     if len(latents) == 0:
         latents = data.forget_latents[:8]
+
+    def progress(done: int, total: int) -> None:
+        monitor.emit("profile", done, total)
+        monitor.check()
+
+    monitor.check()
     return compute_profile(
         backend,
         latents,
         prompts.forget[first],
         prompts.surrogate[first],
-        contrast_prompts=_contrast_prompts(config, prompts, toy),
+        contrast_prompts=prompts.contrast if config.profile_contrast else None,
         grid=default_grid(backend.num_train_timesteps, config.profile_points),
         gamma=config.profile_gamma,
         floor=config.profile_floor,
         seed=config.seed,
+        progress=progress,
     )
 
 
-def concept_saliency(
+def timestep_sampler(backend: DiffusionBackend, config: ErasureConfig, profile: TimestepProfile | None) -> TimestepSampler:
+    """The training timestep distribution: the profile's (with the config's gamma and floor) or uniform."""
+    if config.timestep_mode == "uniform":
+        return TimestepSampler.uniform(backend.num_train_timesteps)
+    if profile is None:
+        raise StageMismatch("timestep_mode is 'profile' but no profile was given; measure it with measure_profile")
+    if profile.num_train_timesteps != backend.num_train_timesteps:
+        raise StageMismatch(
+            f"the profile was measured on a model with {profile.num_train_timesteps} timesteps, "
+            f"this one has {backend.num_train_timesteps}"
+        )
+    return TimestepSampler.from_profile(
+        dataclasses.replace(profile, gamma=config.profile_gamma, floor=config.profile_floor)
+    )
+
+
+def check_profile(profile: TimestepProfile, sets: ErasureSets) -> None:
+    """Raise StageMismatch if ``profile`` was measured for other prompts than ``sets``' first concept."""
+    first = sets.prompts.concept_of.index(0)
+    expected = (sets.prompts.forget[first], sets.prompts.surrogate[first])
+    if (profile.concept, profile.surrogate) != expected:
+        raise StageMismatch(
+            f"the profile was measured for {profile.concept!r} -> {profile.surrogate!r}, "
+            f"this erasure needs {expected[0]!r} -> {expected[1]!r}; measure it again"
+        )
+
+
+# --------------------------------------------------------------------------- stage 2: module selection
+
+
+def select_modules(
     backend: DiffusionBackend,
     config: ErasureConfig,
-    prompts: PromptSet,
-    data: TrainingData,
-    sampler: TimestepSampler,
-) -> tuple[Saliency, list[str]]:
-    """Saliency of each concept on its own forget prompts, and the union of each concept's top modules.
+    sets: ErasureSets,
+    profile: TimestepProfile | None = None,
+    *,
+    on_event: EventCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Saliency:
+    """Stage 2: saliency of every candidate module, and the modules selected to carry the adapter.
 
-    One saliency over all concepts together let one concept's modules crowd out
-    the other's (measured on the toy model: a style and an object erased
-    together, the object was not erased), so each concept gets its own top-k.
-    The returned saliency holds, per module, the largest score any concept
-    gave it (each concept's scores scaled to a maximum of 1).
+    Each concept gets its own saliency on its own forget prompts and its own
+    top modules; the selection is their union (one joint ranking let a style
+    crowd out an object in a two-concept erasure). Gradients are taken at
+    timesteps drawn as training will draw them, so with ``timestep_mode``
+    ``profile`` the profile is needed: it is measured here when not given.
+    The result's ``selected`` holds the chosen modules; its scores hold, per
+    module, the largest score any concept gave it (each scaled to a maximum of 1).
     """
+    monitor = Monitor(on_event, cancel)
+    if config.timestep_mode == "profile" and profile is None:
+        profile = measure_profile(backend, config, sets, on_event=on_event, cancel=cancel)
+    sampler = timestep_sampler(backend, config, profile)
+    prompts, data = sets.prompts, sets.data
     per_concept = []
+    n = len(config.concepts)
     for i, pair in enumerate(config.concepts):
         mine = [j for j, c in enumerate(prompts.concept_of) if c == i]
         keep = torch.isin(data.forget_prompt_index, torch.tensor(mine))
         remap = {old: new for new, old in enumerate(mine)}
         index = torch.tensor([remap[int(k)] for k in data.forget_prompt_index[keep]])
+
+        def progress(done: int, total: int, i: int = i) -> None:
+            monitor.emit("saliency", i * total + done, n * total, message=pair.concept)
+            monitor.check()
+
+        monitor.check()
         per_concept.append(
             compute_saliency(
                 backend,
@@ -210,6 +335,7 @@ def concept_saliency(
                 sampler=sampler,
                 seed=config.seed + i,
                 concept=pair.concept,
+                progress=progress,
             )
         )
     modules: list[str] = []
@@ -217,50 +343,137 @@ def concept_saliency(
         for name in saliency.select_modules(fraction=config.module_fraction, top_k=config.top_k):
             if name not in modules:
                 modules.append(name)
-    if len(per_concept) == 1:
-        return per_concept[0], modules
-    merged_scores, merged_channels = {}, {}
+    merged = per_concept[0] if n == 1 else _merge(per_concept, config)
+    merged.selected = modules
+    merged.settings = {name: getattr(config, name) for name in SELECTION_SETTINGS}
+    merged.settings["concepts"] = [p.concept for p in config.concepts]
+    return merged
+
+
+def _merge(per_concept: list[Saliency], config: ErasureConfig) -> Saliency:
+    scores, channels = {}, {}
     for name in per_concept[0].module_scores:
-        merged_scores[name] = max(s.module_scores[name] / (max(s.module_scores.values()) or 1.0) for s in per_concept)
-        channels = torch.stack([torch.tensor(s.channel_scores[name]) for s in per_concept])
-        merged_channels[name] = (channels / channels.amax(dim=1, keepdim=True).clamp_min(1e-30)).amax(0).tolist()
+        scores[name] = max(s.module_scores[name] / (max(s.module_scores.values()) or 1.0) for s in per_concept)
+        stacked = torch.stack([torch.tensor(s.channel_scores[name]) for s in per_concept])
+        channels[name] = (stacked / stacked.amax(dim=1, keepdim=True).clamp_min(1e-30)).amax(0).tolist()
     concepts = ", ".join(p.concept for p in config.concepts)
-    return Saliency(config.saliency_mode, merged_scores, merged_channels, concepts), modules
+    return Saliency(config.saliency_mode, scores, channels, concepts)
+
+
+def check_saliency(saliency: Saliency, config: ErasureConfig) -> None:
+    """Raise StageMismatch unless ``saliency`` selected modules with this config's selection settings."""
+    if not saliency.selected:
+        raise StageMismatch("the saliency holds no selected modules; make it with select_modules")
+    expected = {name: getattr(config, name) for name in SELECTION_SETTINGS}
+    expected["concepts"] = [p.concept for p in config.concepts]
+    differ = [f"{k}={saliency.settings.get(k)!r} (now {v!r})" for k, v in expected.items() if saliency.settings.get(k) != v]
+    if differ:
+        raise StageMismatch(f"the saliency was computed with other settings: {', '.join(differ)}; compute it again")
+
+
+# --------------------------------------------------------------------------- stage 3: training
+
+
+@dataclass
+class TrainedAdapter:
+    """The trained sparse LoRA and its loss history."""
+
+    adapter: SparseLoRA
+    history: TrainingHistory
+
+
+def train(
+    backend: DiffusionBackend,
+    config: ErasureConfig,
+    sets: ErasureSets,
+    saliency: Saliency,
+    profile: TimestepProfile | None = None,
+    *,
+    on_event: EventCallback | None = None,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+) -> TrainedAdapter:
+    """Stage 3: train a sparse LoRA on ``saliency.selected`` by self-distillation toward the surrogates.
+
+    Timesteps are drawn from ``profile`` (``timestep_mode`` ``profile``) or
+    uniformly. With ``checkpoint`` the run saves its state every
+    ``checkpoint_every`` steps and resumes from that file when started again.
+    """
+    config.validate()
+    check_saliency(saliency, config)
+    sampler = timestep_sampler(backend, config, profile)
+    masks = saliency.row_masks(saliency.selected, config.channel_fraction) if config.channel_fraction < 1 else None
+    adapter = SparseLoRA(backend.denoiser(), saliency.selected, config.rank, config.alpha, masks, seed=config.seed)
+    trainer = SelfDistillationTrainer(backend, adapter, sets.data, sampler, config)
+    history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
+    return TrainedAdapter(adapter, history)
+
+
+# --------------------------------------------------------------------------- everything
+
+
+@dataclass
+class ErasureResult:
+    """Everything an erasure produced; ``seconds`` is the run's timing report (never stored in the LoRA)."""
+
+    config: ErasureConfig
+    sets: ErasureSets
+    profile: TimestepProfile | None
+    saliency: Saliency
+    adapter: SparseLoRA
+    history: TrainingHistory
+    seconds: dict[str, float]
+
+    @property
+    def selected_modules(self) -> list[str]:
+        return self.saliency.selected
 
 
 def erase(
     backend: DiffusionBackend,
     config: ErasureConfig,
-    progress: Callable[[StepReport], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-    cache_dir: Path | None = None,
-    checkpoint_path: Path | None = None,
-    stage: Callable[[str], None] | None = None,
+    *,
+    domain: Domain | None = None,
+    cache_dir: str | Path | None = None,
+    on_event: EventCallback | None = None,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
+    sets: ErasureSets | None = None,
+    profile: TimestepProfile | None = None,
+    saliency: Saliency | None = None,
 ) -> ErasureResult:
-    """Run a whole erasure on ``backend`` and return the trained adapter and everything measured on the way."""
+    """Run every stage in order (re-using any stage result given) and return the trained adapter.
+
+    A given ``profile`` or ``saliency`` is checked against this erasure's
+    prompts and settings first.
+    """
     config.validate()
-    toy = backend.arch == "toy"
     seconds: dict[str, float] = {}
 
-    def timed(name: str, fn):
-        if stage is not None:
-            stage(name)
+    def timed(name: str, fn: Callable):
         start = time.perf_counter()
         value = fn()
         seconds[name] = round(time.perf_counter() - start, 2)
         return value
 
-    prompts = build_prompt_set(config, toy)
-    data = timed("data", lambda: build_training_data(backend, config, prompts, cache_dir))
-    profile = None
-    sampler = TimestepSampler.uniform(backend.num_train_timesteps)
-    if config.timestep_mode == "profile":
-        profile = timed("profile", lambda: build_profile(backend, config, prompts, data, toy))
-        sampler = TimestepSampler.from_profile(profile)
-    saliency, modules = timed("saliency", lambda: concept_saliency(backend, config, prompts, data, sampler))
-    masks = saliency.row_masks(modules, config.channel_fraction) if config.channel_fraction < 1 else None
-    adapter = SparseLoRA(backend.denoiser(), modules, config.rank, config.alpha, masks, seed=config.seed)
-    trainer = SelfDistillationTrainer(backend, adapter, data, sampler, config)
-    history = timed("train", lambda: trainer.run(progress, cancel, checkpoint_path, checkpoint_every))
-    return ErasureResult(config, prompts, adapter, profile, saliency, modules, history, seconds)
+    if saliency is not None:
+        check_saliency(saliency, config)
+    if sets is None:
+        sets = timed("data", lambda: prepare_sets(
+            backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel
+        ))
+    if profile is not None:
+        check_profile(profile, sets)
+    elif config.timestep_mode == "profile":
+        profile = timed("profile", lambda: measure_profile(backend, config, sets, on_event=on_event, cancel=cancel))
+    if saliency is None:
+        saliency = timed("saliency", lambda: select_modules(
+            backend, config, sets, profile, on_event=on_event, cancel=cancel
+        ))
+    trained = timed("train", lambda: train(
+        backend, config, sets, saliency, profile, on_event=on_event, cancel=cancel,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    ))
+    return ErasureResult(config, sets, profile, saliency, trained.adapter, trained.history, seconds)

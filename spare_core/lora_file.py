@@ -4,13 +4,16 @@ Per adapted module ``<layer>`` (see :mod:`.lora_naming`) the file holds exactly
 ``<layer>.lora_down.weight`` [r, in] (conv: [r, in, kh, kw]), ``<layer>.lora_up.weight``
 [out, r] (conv: [out, r, 1, 1]) and ``<layer>.alpha`` (scalar); the update is
 ``(alpha / r) * up @ down``. Anything else a host would report as "lora key not
-loaded", so everything else goes into string metadata (DESIGN.md section 4).
-Files are read with safetensors only: never pickle.
+loaded", so everything else goes into string metadata. Files are read with
+safetensors only (never pickle), and written byte for byte deterministically:
+the same tensors and metadata give the same file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,28 +22,15 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .fileio import save_safetensors
-from .lora_naming import (
-    default_naming,
-    diffusers_to_compvis,
-    kohya_layer_table,
-    lookup_kohya_layer,
-    to_kohya_key,
-)
+from .architectures import architecture_from_metadata, get_architecture
+from .fileio import write_bytes
+from .lora_naming import export_layer_names, kohya_layer_table, lookup_kohya_layer
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
-#: kohya's ``ss_base_model_version`` per architecture (sd-scripts train_network / sdxl_train_util).
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "toy": "spare_toy"}
-_ARCH_NAMES = {
-    "sd1": "Stable Diffusion 1.x",
-    "sd2": "Stable Diffusion 2.x",
-    "sdxl": "SDXL",
-    "toy": "the SPARE toy model",
-}
 _RESERVED_KEYS = {
     "ss_network_module",
     "ss_network_dim",
@@ -111,17 +101,88 @@ def _file_metadata(modules: Mapping[str, LoraModuleWeights], arch: str, metadata
         if not key.startswith(("spare_", "ss_")):
             raise ValueError(f"metadata {key!r} should start with 'spare_' (our keys) or 'ss_' (kohya's)")
     alphas = {float(w.alpha) for w in modules.values()}
+    architecture = get_architecture(arch)
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(max(w.rank for w in modules.values())),
         # kohya writes "Dynamic" when modules differ (networks/resize_lora.py)
         "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic",
-        "ss_base_model_version": BASE_MODEL_VERSION[arch],
-        "ss_v2": str(arch == "sd2"),
+        "ss_base_model_version": architecture.base_model_version,
+        "ss_v2": str(architecture.v2),
         "spare_format_version": FORMAT_VERSION,
         "spare_arch": arch,
         **metadata,
     }
+
+
+def lora_file_tensors(
+    layers: Mapping[str, LoraModuleWeights], dtype: torch.dtype = torch.float16
+) -> dict[str, torch.Tensor]:
+    """The kohya-layout tensors of ``layers`` (keyed by kohya layer name).
+
+    ``alpha`` is always written, as a float32 scalar so that its value is exact.
+    Non-finite weights are refused: a file a host would load as noise is never made.
+    """
+    if not layers:
+        raise ValueError("no LoRA modules to save")
+    tensors: dict[str, torch.Tensor] = {}
+    for layer, w in layers.items():
+        _check_shapes(layer, w)
+        down, up = w.down.detach().to("cpu", dtype), w.up.detach().to("cpu", dtype)
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(w.alpha)):
+            raise ValueError(f"the LoRA weights of {layer} are not finite (NaN or infinity); nothing was written")
+        tensors[f"{layer}.{DOWN}"] = down.contiguous()
+        tensors[f"{layer}.{UP}"] = up.contiguous()
+        tensors[f"{layer}.{ALPHA}"] = torch.tensor(float(w.alpha), dtype=torch.float32)
+    return tensors
+
+
+def lora_file_metadata(
+    layers: Mapping[str, LoraModuleWeights], arch: str, metadata: Mapping[str, str]
+) -> dict[str, str]:
+    """kohya's ``ss_*`` keys for ``arch`` plus the caller's ``spare_*``/``ss_*`` string metadata."""
+    return _file_metadata(layers, arch, metadata)
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file as bytes, deterministically: tensors and metadata in name order.
+
+    The safetensors library writes metadata in hash-map order, which changes from
+    one process to the next; this writer follows the same published layout (an
+    8-byte little-endian header length, a JSON header padded with spaces to a
+    multiple of 8, then the tensors' little-endian bytes back to back).
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which this writer does not store")
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
 def save_lora_file(
@@ -134,25 +195,16 @@ def save_lora_file(
 ) -> None:
     """Write ``modules`` (keyed by diffusers module name) as a kohya-layout LoRA, atomically.
 
-    Layer names use kohya's spelling for ``arch`` (:func:`.lora_naming.default_naming`).
-    ``alpha`` is always written, as a float32 scalar so that its value is exact.
+    Layer names use kohya's spelling for ``arch`` (see :mod:`.architectures`).
     """
-    if arch not in BASE_MODEL_VERSION:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(BASE_MODEL_VERSION)}")
+    get_architecture(arch)  # unknown architectures are refused before anything else
     if not modules:
         raise ValueError("no LoRA modules to save")
-    naming = default_naming(arch)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, w in modules.items():
-        _check_shapes(name, w)
-        layer = to_kohya_key(diffusers_to_compvis(name, unet_config) if naming == "compvis" else name)
-        if f"{layer}.{DOWN}" in tensors:
-            raise ValueError(f"two modules map to the same layer name {layer!r}")
-        tensors[f"{layer}.{DOWN}"] = w.down.detach().to(dtype)
-        tensors[f"{layer}.{UP}"] = w.up.detach().to(dtype)
-        tensors[f"{layer}.{ALPHA}"] = torch.tensor(float(w.alpha), dtype=torch.float32)
-    save_safetensors(tensors, path, metadata=_file_metadata(modules, arch, metadata))
-    logger.info("saved LoRA with %d modules (%s naming) to %s", len(modules), naming, path)
+    names = export_layer_names(list(modules), arch, unet_config)
+    layers = {names[name]: w for name, w in modules.items()}
+    tensors = lora_file_tensors(layers, dtype)
+    write_bytes(path, safetensors_bytes(tensors, lora_file_metadata(layers, arch, metadata)))
+    logger.info("saved LoRA with %d modules (%s naming) to %s", len(modules), get_architecture(arch).naming, path)
 
 
 # ---------------------------------------------------------------- loading
@@ -179,13 +231,20 @@ def _arch_of(metadata: Mapping[str, str]) -> str | None:
     if metadata.get("spare_arch"):
         return metadata["spare_arch"]
     version = metadata.get("ss_base_model_version", "")
-    for arch, prefix in (("sdxl", "sdxl"), ("sd2", "sd_v2"), ("sd1", "sd_v1"), ("toy", "spare_toy")):
-        if version.startswith(prefix):
-            return arch
+    known = architecture_from_metadata(version) if version else None
+    if known is not None:
+        return known.key
     if version:
         logger.warning("unrecognised ss_base_model_version %r; not checking the architecture", version)
         return None
     return "sd2" if metadata.get("ss_v2") == "True" else None
+
+
+def _display_name(arch: str) -> str:
+    try:
+        return get_architecture(arch).display_name
+    except ValueError:
+        return arch
 
 
 def _check_arch(path: Path, metadata: Mapping[str, str], expected_arch: str | None) -> None:
@@ -193,8 +252,8 @@ def _check_arch(path: Path, metadata: Mapping[str, str], expected_arch: str | No
     if expected_arch is None or file_arch is None or file_arch == expected_arch:
         return
     raise LoraFileError(
-        f"{path.name} is a LoRA for {_ARCH_NAMES.get(file_arch, file_arch)} ({file_arch!r}), "
-        f"but the model is {_ARCH_NAMES.get(expected_arch, expected_arch)} ({expected_arch!r})"
+        f"{path.name} is a LoRA for {_display_name(file_arch)} ({file_arch!r}), "
+        f"but the model is {_display_name(expected_arch)} ({expected_arch!r})"
     )
 
 
@@ -265,13 +324,22 @@ def _module_weights(path: Path, layer: str, parts: Mapping[str, torch.Tensor]) -
             raise LoraFileError(f"{path.name}: alpha of {layer!r} must be a scalar, got shape {tuple(alpha.shape)}")
         w.alpha = float(alpha.item())
     # no alpha: scale 1, i.e. alpha = rank, as ComfyUI (comfy/weight_adapter/lora.py) and A1111 do
+    if not (torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(w.alpha)):
+        raise LoraFileError(f"{path.name}: layer {layer!r} holds NaN or infinite weights; the file is broken")
     return w
 
 
-def _resolve_all(
-    path: Path, layers: Mapping[str, Any], unet_module_names: Sequence[str], unet_config: Mapping[str, Any]
-) -> dict[str, str]:
-    table = kohya_layer_table(unet_module_names, unet_config)
+def parse_lora_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], expected_arch: str | None
+) -> dict[str, LoraModuleWeights]:
+    """The LoRA layers of a file's tensors, by kohya layer name, as float32; LoraFileError for anything wrong."""
+    _check_arch(path, metadata, expected_arch)
+    layers = _group(path, tensors)
+    return {layer: _module_weights(path, layer, parts) for layer, parts in layers.items()}
+
+
+def resolve_layers(path: Path, layers: Sequence[str], table: Mapping[str, str]) -> dict[str, str]:
+    """kohya layer name -> the model's module name, for every layer; LoraFileError if one matches nothing."""
     resolved: dict[str, str] = {}
     unknown: list[str] = []
     for layer in layers:
@@ -304,9 +372,7 @@ def load_lora_file(
     """
     path = Path(path)
     tensors, metadata = read_safetensors(path)
-    _check_arch(path, metadata, expected_arch)
-    layers = _group(path, tensors)
-    weights = {layer: _module_weights(path, layer, parts) for layer, parts in layers.items()}
-    names = _resolve_all(path, layers, unet_module_names, unet_config)
+    weights = parse_lora_tensors(path, tensors, metadata, expected_arch)
+    names = resolve_layers(path, list(weights), kohya_layer_table(unet_module_names, unet_config))
     logger.info("loaded LoRA %s: %d modules", path.name, len(weights))
     return {names[layer]: w for layer, w in weights.items()}, metadata

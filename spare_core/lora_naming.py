@@ -39,11 +39,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .architectures import NAMINGS, get_architecture
+
 logger = logging.getLogger(__name__)
 
 KOHYA_UNET_PREFIX = "lora_unet_"
-NAMINGS = ("diffusers", "compvis")
-_DEFAULT_NAMING = {"sd1": "diffusers", "sd2": "diffusers", "toy": "diffusers", "sdxl": "compvis"}
 
 # Inside a resnet block: diffusers name -> CompVis name (ComfyUI UNET_MAP_RESNET; diffusers
 # update_unet_resnet_ldm_to_diffusers). Activations and dropout have no named counterpart.
@@ -286,10 +286,7 @@ def to_kohya_key(module_name: str) -> str:
 
 def default_naming(arch: str) -> str:
     """The spelling kohya sd-scripts writes for ``arch``: diffusers for SD1/SD2 (and the toy), CompVis for SDXL."""
-    try:
-        return _DEFAULT_NAMING[arch]
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_DEFAULT_NAMING)}") from None
+    return get_architecture(arch).naming
 
 
 def kohya_layer_names(module_names: Iterable[str], naming: str, unet_config: Mapping[str, Any]) -> dict[str, str]:
@@ -312,6 +309,16 @@ def kohya_layer_names(module_names: Iterable[str], naming: str, unet_config: Map
         if table.setdefault(layer, name) != name:
             raise ValueError(f"modules {table[layer]!r} and {name!r} share the kohya layer name {layer!r}")
     return table
+
+
+def export_layer_names(module_names: Sequence[str], arch: str, unet_config: Mapping[str, Any]) -> dict[str, str]:
+    """Map diffusers module name -> the kohya layer name a file for ``arch`` uses (its registered spelling)."""
+    naming = default_naming(arch)
+    lay = _Layout(unet_config) if naming == "compvis" else None
+    names = {name: to_kohya_key(_to_compvis(name, lay) if lay else name) for name in module_names}
+    if len(set(names.values())) != len(names):
+        raise ValueError("two modules map to the same kohya layer name")
+    return names
 
 
 def kohya_layer_table(module_names: Sequence[str], unet_config: Mapping[str, Any]) -> dict[str, str]:

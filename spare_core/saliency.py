@@ -31,15 +31,12 @@ from pathlib import Path
 import torch
 
 from .adapter import normal_weights
-from .backend import Conditioning, DiffusionBackend, adaptable_modules, add_noise
+from .backend import Conditioning, DiffusionBackend, adaptable_modules
+from .config import MODULE_SCOPES, SALIENCY_MODES
 from .fileio import write_text
 from .timesteps import TimestepSampler
 
 logger = logging.getLogger(__name__)
-
-SALIENCY_MODES = ("denoise", "forget", "forget_over_retain")
-#: Which modules saliency may choose from (see candidate_modules).
-MODULE_SCOPES = ("all", "attention", "cross_attention", "text")
 
 
 @dataclass
@@ -50,20 +47,22 @@ class Saliency:
     module_scores: dict[str, float]
     channel_scores: dict[str, list[float]] = field(default_factory=dict)
     concept: str = ""
+    #: The modules chosen to carry the adapter (empty until a selection is made).
+    selected: list[str] = field(default_factory=list)
+    #: The settings the selection was made with (checked when a saved saliency is reused).
+    settings: dict = field(default_factory=dict)
 
     def ranked(self) -> list[str]:
         """Module names, most salient first (ties broken by name, so the order is stable)."""
         return sorted(self.module_scores, key=lambda n: (-self.module_scores[n], n))
 
     def select_modules(self, fraction: float | None = None, top_k: int | None = None) -> list[str]:
-        """The most salient modules: the top ``top_k``, or the top ``fraction`` (at least one)."""
+        """The most salient modules: the top ``top_k`` (0 or None: off), or the top ``fraction`` (at least one)."""
         ranked = self.ranked()
-        if top_k is None:
+        if not top_k:
             if fraction is None or not 0 < fraction <= 1:
                 raise ValueError(f"module fraction must lie in (0, 1], got {fraction}")
             top_k = max(1, round(fraction * len(ranked)))
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
         return ranked[:top_k]
 
     def row_masks(self, modules: Sequence[str], fraction: float) -> dict[str, torch.Tensor]:
@@ -124,6 +123,7 @@ def _accumulate(
     batch_size: int,
     sampler: TimestepSampler,
     seed: int,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum of |dL/dW| over ``batches`` random batches, for every weight in ``weights``.
 
@@ -136,11 +136,13 @@ def _accumulate(
         x0 = latents[index].to(backend.device, backend.dtype)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         t = sampler.sample(batch_size, gen).to(backend.device)
-        x_t = add_noise(x0, noise, t, backend.alphas_cumprod)
+        x_t = backend.add_noise(x0, noise, t)
         loss = loss_fn(x_t, t, noise, index)
         grads = torch.autograd.grad(loss, list(weights.values()))
         for name, g in zip(weights, grads, strict=True):
             totals[name] += g.detach().abs().float()
+        if on_batch is not None:
+            on_batch()
     return totals
 
 
@@ -160,12 +162,14 @@ def compute_saliency(
     sampler: TimestepSampler | None = None,
     seed: int = 0,
     concept: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Saliency:
     """Saliency of every candidate module of ``backend``'s denoiser for erasing a concept.
 
     ``forget_latents[i]`` was generated from ``concept_prompts[forget_prompt_index[i]]``;
     ``surrogate_prompts`` are the same prompts with the concept swapped for the
     surrogate. Retain latents and prompts are needed by ``forget_over_retain``.
+    ``progress(done, total)`` runs after every gradient batch.
     """
     if mode not in SALIENCY_MODES:
         raise ValueError(f"unknown saliency mode {mode!r}; use one of {', '.join(SALIENCY_MODES)}")
@@ -177,6 +181,14 @@ def compute_saliency(
     names = candidate_modules(denoiser, scope)
     modules = dict(denoiser.named_modules())
     sampler = sampler or TimestepSampler.uniform(backend.num_train_timesteps)
+    total = batches * (2 if mode == "forget_over_retain" else 1)
+    done = [0]
+
+    def on_batch() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
     concept_cond = backend.encode_prompts(concept_prompts).detached_clone()
     surrogate_cond = backend.encode_prompts(surrogate_prompts).detached_clone()
 
@@ -209,9 +221,12 @@ def compute_saliency(
                     batch_size,
                     sampler,
                     seed,
+                    on_batch,
                 )
             else:
-                s = _accumulate(backend, weights, forget_loss, forget_latents, batches, batch_size, sampler, seed)
+                s = _accumulate(
+                    backend, weights, forget_loss, forget_latents, batches, batch_size, sampler, seed, on_batch
+                )
             retain = None
             if mode == "forget_over_retain":
                 retain_cond = backend.encode_prompts(retain_prompts).detached_clone()
@@ -224,6 +239,7 @@ def compute_saliency(
                     batch_size,
                     sampler,
                     seed + 1,
+                    on_batch,
                 )
         finally:
             for n, w in weights.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -20,11 +20,13 @@ def generate(
     steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 64,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One image per (prompt, seed) pair, as a float tensor [N, 3, H, W] in [-1, 1].
 
     Each image's initial noise comes from its own seed, so an image does not
-    depend on what else is in the batch.
+    depend on what else is in the batch. ``on_step`` runs after every
+    denoising step (a cancel check may raise there).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
@@ -41,6 +43,17 @@ def generate(
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             output_type="pt",
+            **({"callback_on_step_end": _step_callback(on_step)} if on_step is not None else {}),
         ).images
         out.append(images.float().cpu() * 2 - 1)
     return torch.cat(out)
+
+
+def _step_callback(on_step: Callable[[], None]):
+    """diffusers' ``callback_on_step_end`` around a no-argument callable."""
+
+    def callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        on_step()
+        return callback_kwargs
+
+    return callback

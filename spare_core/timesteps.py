@@ -2,7 +2,7 @@
 
 The profile ``d(t) = E || eps(x_t, c_f, t) - eps(x_t, c_s, t) ||^2`` measures how
 much the model's prediction changes when the concept prompt ``c_f`` is swapped
-for the surrogate ``c_s`` (DESIGN.md section 1). Optionally it is divided by
+for the surrogate ``c_s`` . Optionally it is divided by
 how much two *other* concepts of the same domain differ at the same t, so that
 the profile shows what is specific to this concept rather than where prompts
 matter in general. Training then samples ``p(t) ~ d(t)^gamma`` mixed with a
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .backend import DiffusionBackend, add_noise
+from .backend import DiffusionBackend
 from .fileio import write_text
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,13 @@ def prompt_divergence(
     prompt_b: str,
     grid: Sequence[int],
     seed: int = 0,
+    on_point: Callable[[], None] | None = None,
 ) -> list[float]:
     """``E || eps(x_t, a, t) - eps(x_t, b, t) ||^2`` (mean over elements) at each grid timestep.
 
     The same noise is used for both prompts and for every call with the same
     seed, so differences between calls are differences of prompts.
+    ``on_point`` runs after every grid timestep (progress and cancel checks).
     """
     cond = backend.encode_prompts([prompt_a, prompt_b])
     n = latents.shape[0]
@@ -146,9 +148,11 @@ def prompt_divergence(
     for t in grid:
         noise = torch.randn(latents.shape, generator=gen).to(latents)
         tt = torch.full((n,), int(t), dtype=torch.long, device=backend.device)
-        x_t = add_noise(latents, noise, tt, backend.alphas_cumprod)
+        x_t = backend.add_noise(latents, noise, tt)
         diff = backend.predict_noise(x_t, tt, cond_a) - backend.predict_noise(x_t, tt, cond_b)
         out.append(float(diff.float().pow(2).mean()))
+        if on_point is not None:
+            on_point()
     return out
 
 
@@ -170,22 +174,27 @@ def compute_profile(
     ``latents`` are forget samples (images of the concept, encoded). With
     ``contrast_prompts`` (two other concepts of the same domain) the profile
     is the ratio of the concept/surrogate divergence to their divergence.
+    ``progress(done, total)`` runs after every measured grid timestep.
     """
     if concept_prompt.strip() == surrogate_prompt.strip():
         raise ValueError("the concept prompt and the surrogate prompt are the same; nothing to erase")
     grid = sorted(int(t) for t in (grid or default_grid(backend.num_train_timesteps)))
     if grid[0] < 0 or grid[-1] >= backend.num_train_timesteps:
         raise ValueError(f"timestep grid must lie in 0..{backend.num_train_timesteps - 1}")
-    divergence = prompt_divergence(backend, latents, concept_prompt, surrogate_prompt, grid, seed)
-    if progress:
-        progress(1, 2 if contrast_prompts else 1)
+    total = len(grid) * (2 if contrast_prompts else 1)
+    done = [0]
+
+    def on_point() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    divergence = prompt_divergence(backend, latents, concept_prompt, surrogate_prompt, grid, seed, on_point)
     contrast = None
     if contrast_prompts is not None:
-        contrast = prompt_divergence(backend, latents, *contrast_prompts, grid, seed)
+        contrast = prompt_divergence(backend, latents, *contrast_prompts, grid, seed, on_point)
         eps = 1e-3 * max(contrast) + 1e-12
         divergence = [d / (c + eps) for d, c in zip(divergence, contrast, strict=True)]
-        if progress:
-            progress(2, 2)
     return TimestepProfile(
         grid=list(grid),
         divergence=divergence,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,17 +26,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .adapter import SparseLoRA, normal_weights
-from .backend import Conditioning, DiffusionBackend, add_noise
+from .backend import Conditioning, DiffusionBackend
 from .checkpoint import load_optimizer_tensors, optimizer_tensors
 from .config import ErasureConfig
+from .events import ErasureCancelled, Monitor
 from .fileio import save_safetensors
 from .timesteps import TimestepSampler
 
 logger = logging.getLogger(__name__)
 
 
-class ErasureCancelled(RuntimeError):
-    """The cancel check asked to stop; nothing was written."""
+__all__ = ["ErasureCancelled", "SelfDistillationTrainer", "TrainingData", "TrainingDiverged", "TrainingHistory"]
+
+
+class TrainingDiverged(ValueError):
+    """The loss stopped being a finite number; nothing was written."""
 
 
 @dataclass
@@ -74,7 +76,6 @@ class StepReport:
     loss: float
     forget_loss: float
     retain_loss: float
-    elapsed: float
 
 
 @dataclass
@@ -135,7 +136,7 @@ class SelfDistillationTrainer:
         x0 = latents[index].to(self.backend.device, self.backend.dtype)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         t = sampler.sample(n, gen).to(self.backend.device)
-        return index, add_noise(x0, noise, t, self.backend.alphas_cumprod), t
+        return index, self.backend.add_noise(x0, noise, t), t
 
     def _predict(self, parts: list[tuple[torch.Tensor, torch.Tensor, Conditioning]]) -> list[torch.Tensor]:
         """Noise predictions for several (x_t, t, cond) batches through one UNet call.
@@ -175,6 +176,11 @@ class SelfDistillationTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = cosine_lr(self.step, cfg.steps, cfg.lr)
             self.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged at step {self.step + 1} (loss {loss.item()}); "
+                    f"lower the learning rate (lr is {cfg.lr:g}); nothing was written"
+                )
             loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.trainable_parameters(), cfg.grad_clip)
@@ -184,31 +190,32 @@ class SelfDistillationTrainer:
         self.history.losses.append(values[0])
         self.history.forget_losses.append(values[1])
         self.history.retain_losses.append(values[2])
-        return StepReport(self.step, cfg.steps, *values, elapsed=0.0)
+        return StepReport(self.step, cfg.steps, *values)
 
     # ------------------------------------------------------------------ the loop
 
     def run(
         self,
-        progress: Callable[[StepReport], None] | None = None,
-        cancel: Callable[[], bool] | None = None,
+        monitor: Monitor | None = None,
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 50,
     ) -> TrainingHistory:
-        """Train to ``config.steps``, resuming from ``checkpoint_path`` if it holds a checkpoint."""
+        """Train to ``config.steps``, resuming from ``checkpoint_path`` if it holds a checkpoint.
+
+        Every step checks ``monitor``'s cancel token first and reports a ``train``
+        event after. A checkpoint is written every ``checkpoint_every`` steps and
+        kept when the run is cancelled, so that it can resume.
+        """
+        monitor = monitor or Monitor()
         if checkpoint_path is not None and Path(checkpoint_path).exists():
             self.load_checkpoint(checkpoint_path)
             logger.info("resuming erasure training at step %d from %s", self.step, checkpoint_path)
-        start = time.perf_counter()
         denoiser = self.backend.denoiser()
         with torch.inference_mode(False), normal_weights(denoiser):
             while self.step < self.config.steps:
-                if cancel is not None and cancel():
-                    raise ErasureCancelled(f"cancelled at step {self.step} of {self.config.steps}")
+                monitor.check()
                 report = self.train_step()
-                report.elapsed = time.perf_counter() - start
-                if progress is not None:
-                    progress(report)
+                monitor.emit("train", report.step, report.total, loss=report.loss)
                 if checkpoint_path is not None and (
                     self.step % checkpoint_every == 0 and self.step < self.config.steps
                 ):

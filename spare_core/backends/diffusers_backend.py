@@ -1,25 +1,27 @@
-"""The diffusers backend: a ``StableDiffusionPipeline`` (toy, SD1, SD2) seen through the backend interface."""
+"""The diffusers backend: a ``StableDiffusionPipeline`` (toy, SD 1.x, SD 2.x) seen through the backend contract."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import StableDiffusionPipeline
 from torch import nn
 
-from ..backend import Conditioning
+from ..backend import Conditioning, StepCallback, adaptable_modules, vp_add_noise
+from ..lora_naming import export_layer_names, kohya_layer_table
+from ..sampling import generate
+
+if TYPE_CHECKING:
+    from ..domain import Domain
 
 logger = logging.getLogger(__name__)
 
 
 def detect_arch(pipe: StableDiffusionPipeline) -> str:
-    """``toy``, ``sd1`` or ``sd2``, from the components' configs (never from a file name)."""
-    from ..toy.vae import PixelShuffleVAE
-
-    if isinstance(pipe.vae, PixelShuffleVAE):
-        return "toy"
+    """``sd1`` or ``sd2``, from the UNet's config (never from a file name)."""
     dim = pipe.unet.config.cross_attention_dim
     if dim == 768:
         return "sd1"
@@ -32,13 +34,20 @@ def detect_arch(pipe: StableDiffusionPipeline) -> str:
 
 
 class DiffusersBackend:
-    """A Stable-Diffusion-style diffusers pipeline as a :class:`DiffusionBackend`."""
+    """A Stable-Diffusion-style diffusers pipeline as a :class:`~spare_core.backend.DiffusionBackend`."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, arch: str | None = None):
+    conditioning_extras: tuple[str, ...] = ()
+
+    def __init__(self, pipe: StableDiffusionPipeline, arch: str | None = None, domain: Domain | None = None):
         self.pipe = pipe
         self.arch = arch or detect_arch(pipe)
+        self.domain = domain
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self._prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self._prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction type {self._prediction_type!r}; SPARE handles epsilon and v")
+        self._alphas_cumprod = pipe.scheduler.alphas_cumprod.float().cpu()
+        self._layer_table: dict[str, str] | None = None
         for module in (pipe.unet, pipe.text_encoder, pipe.vae):
             module.requires_grad_(False)
 
@@ -49,10 +58,6 @@ class DiffusersBackend:
     @property
     def dtype(self) -> torch.dtype:
         return self.pipe.unet.dtype
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self.pipe.scheduler.alphas_cumprod.float().cpu()
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -66,6 +71,9 @@ class DiffusersBackend:
     def denoiser(self) -> nn.Module:
         return self.pipe.unet
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return vp_add_noise(x0, noise, t, self._alphas_cumprod)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         tok = self.pipe.tokenizer
@@ -76,14 +84,15 @@ class DiffusersBackend:
         return Conditioning(hidden.to(self.dtype))
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out = self.pipe.unet(x_t, t, encoder_hidden_states=cond.hidden_states).sample
+        extras = {k: v for k, v in cond.extra.items()}
+        out = self.pipe.unet(
+            x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=extras or None
+        ).sample
         if self._prediction_type == "epsilon":
             return out
-        if self._prediction_type == "v_prediction":
-            # eps = sqrt(a) v + sqrt(1 - a) x_t (Salimans & Ho 2022, v = sqrt(a) eps - sqrt(1 - a) x0).
-            a = self.alphas_cumprod.to(x_t.device)[t.long()].to(x_t.dtype).view(-1, 1, 1, 1)
-            return a.sqrt() * out + (1 - a).sqrt() * x_t
-        raise ValueError(f"unsupported prediction type {self._prediction_type!r}")
+        # v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022), so eps = sqrt(a) v + sqrt(1 - a) x_t.
+        a = self._alphas_cumprod.to(x_t.device)[t.long()].to(x_t.dtype).view(-1, 1, 1, 1)
+        return a.sqrt() * out + (1 - a).sqrt() * x_t
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,20 @@ class DiffusersBackend:
         return latents * vae.config.scaling_factor
 
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float) -> torch.Tensor:
-        from ..sampling import generate
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        guidance_scale: float,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        return generate(self.pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, on_step=on_step)
 
-        return generate(self.pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale)
+    def lora_layer_names(self, module_names: Sequence[str]) -> dict[str, str]:
+        return export_layer_names(module_names, self.arch, self.pipe.unet.config)
+
+    def lora_layer_table(self) -> Mapping[str, str]:
+        if self._layer_table is None:
+            self._layer_table = kohya_layer_table(list(adaptable_modules(self.pipe.unet)), self.pipe.unet.config)
+        return self._layer_table

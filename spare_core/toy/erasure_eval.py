@@ -1,4 +1,4 @@
-"""UnlearnCanvas-style scores of an erasure on the toy world (DESIGN.md section 5).
+"""UnlearnCanvas-style scores of an erasure on the toy world (as UnlearnCanvas defines them).
 
 For an erased concept X of one domain (styles or objects):
 UA  = share of generations for X's prompts *not* classified as X;
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from diffusers import StableDiffusionPipeline
 
+from ..backend import DiffusionBackend
 from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .classifier import ToyClassifier
@@ -51,7 +51,7 @@ def domain_of(concept: str) -> str:
 
 
 def evaluation_grid(
-    pipe: StableDiffusionPipeline,
+    backend: DiffusionBackend,
     classifiers: tuple[ToyClassifier, ToyClassifier],
     seeds: Sequence[int],
     template: str = EVAL_TEMPLATE,
@@ -59,11 +59,11 @@ def evaluation_grid(
     guidance_scale: float = DEFAULT_GUIDANCE,
 ) -> GridResult:
     """Every object x (non-plain) style prompt for every seed, classified."""
-    return generate_grid(pipe, *classifiers, seeds, OBJECTS, GRID_STYLES, template, steps, guidance_scale)
+    return generate_grid(backend, *classifiers, seeds, OBJECTS, GRID_STYLES, template, steps, guidance_scale)
 
 
 def focused_evaluation(
-    pipe: StableDiffusionPipeline,
+    backend: DiffusionBackend,
     classifiers: tuple[ToyClassifier, ToyClassifier],
     pairs: Sequence[ConceptPair],
     erased_seeds: Sequence[int],
@@ -85,7 +85,7 @@ def focused_evaluation(
         for st in GRID_STYLES
         for seed in (erased_seeds if {o, st} & erased else other_seeds)
     ]
-    return generate_triples(pipe, *classifiers, triples, template, steps, guidance_scale)
+    return generate_triples(backend, *classifiers, triples, template, steps, guidance_scale)
 
 
 def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:

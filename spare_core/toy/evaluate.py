@@ -6,12 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import StableDiffusionPipeline
-from PIL import Image, ImageDraw
-
-from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from ..backend import DiffusionBackend
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .classifier import ToyClassifier
-from .world import EVAL_TEMPLATE, IMAGE_SIZE, OBJECTS, STYLES
+from .world import EVAL_TEMPLATE, OBJECTS, STYLES
 
 
 @dataclass
@@ -48,7 +46,7 @@ class GridResult:
 
 
 def generate_grid(
-    pipe: StableDiffusionPipeline,
+    backend: DiffusionBackend,
     object_clf: ToyClassifier,
     style_clf: ToyClassifier,
     seeds: Sequence[int],
@@ -63,11 +61,11 @@ def generate_grid(
     Images are ordered seed-major, then object, then style.
     """
     triples = [(s, o, st) for s in seeds for o in objects for st in styles]
-    return generate_triples(pipe, object_clf, style_clf, triples, template, steps, guidance_scale)
+    return generate_triples(backend, object_clf, style_clf, triples, template, steps, guidance_scale)
 
 
 def generate_triples(
-    pipe: StableDiffusionPipeline,
+    backend: DiffusionBackend,
     object_clf: ToyClassifier,
     style_clf: ToyClassifier,
     triples: Sequence[tuple[int, str, str]],
@@ -77,41 +75,7 @@ def generate_triples(
 ) -> GridResult:
     """Generate ``template`` for each (seed, object, style) triple, in order, and classify the images."""
     prompts = [template.format(object=o, style=st) for _, o, st in triples]
-    images = generate(pipe, prompts, [s for s, _, _ in triples], steps=steps, guidance_scale=guidance_scale)
+    images = backend.sample(prompts, [s for s, _, _ in triples], steps, guidance_scale)
     object_labels = torch.tensor([OBJECTS.index(o) for _, o, _ in triples])
     style_labels = torch.tensor([STYLES.index(st) for _, _, st in triples])
     return GridResult(images, object_labels, style_labels, object_clf.predict(images), style_clf.predict(images))
-
-
-def to_pil(image: torch.Tensor, scale: int = 4) -> Image.Image:
-    """One [3, H, W] image in [-1, 1] as a PIL image, upscaled without smoothing."""
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    pil = Image.fromarray(array)
-    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-
-
-def grid_image(
-    images: torch.Tensor,
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    scale: int = 4,
-    marks: torch.Tensor | None = None,
-) -> Image.Image:
-    """A labelled grid of images (row-major); ``marks`` (bool per image) draws a red frame."""
-    rows, cols = len(row_labels), len(col_labels)
-    if len(images) != rows * cols:
-        raise ValueError(f"{len(images)} images do not fill a {rows} x {cols} grid")
-    cell = IMAGE_SIZE * scale
-    left, top, pad = 70, 18, 2
-    canvas = Image.new("RGB", (left + cols * (cell + pad), top + rows * (cell + pad)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, label in enumerate(col_labels):
-        draw.text((left + c * (cell + pad) + 4, 3), label, fill="black")
-    for r, label in enumerate(row_labels):
-        draw.text((4, top + r * (cell + pad) + cell // 2 - 6), label, fill="black")
-        for c in range(cols):
-            x, y = left + c * (cell + pad), top + r * (cell + pad)
-            canvas.paste(to_pil(images[r * cols + c], scale), (x, y))
-            if marks is not None and bool(marks[r * cols + c]):
-                draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline="red", width=2)
-    return canvas

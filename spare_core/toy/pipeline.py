@@ -80,7 +80,8 @@ def load_toy_pipeline(
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def load_toy_classifiers(
