@@ -131,13 +131,13 @@ class ErasureConfig:
     forget_prompts: list[str] = _setting(
         (),
         "list",
-        "prompts that name the concept (default: the model's own set for each concept); "
-        "each must contain the concept's word",
+        "prompts that name the concept, each containing the concept's word "
+        "(automatic: the model's own set for each concept)",
         group="data",
         aliases=("--forget-prompt",),
     )
     retain_prompts: list[str] = _setting(
-        (), "list", "prompts whose images must not change (default: automatic)", group="data", aliases=("--retain-prompt",)
+        (), "list", "prompts whose images must not change", group="data", aliases=("--retain-prompt",)
     )
     forget_image_dir: str = _setting(
         "",

@@ -1,8 +1,10 @@
 """The main job on the embedded default: erase one toy style with SPARE, end to end.
 
-Writes to the output folder: ``before_after.png`` (fixed seeds; the erased
-concept and several retained ones), ``profile.png``, ``saliency.png``, the
-LoRA file, and ``report.json`` with UA, IRA and CRA before and after.
+A front end like the command line: it uses the public API (``spare_core``)
+and the toy world (``spare_core.toy``) only. Writes to the output folder:
+``before_after.png`` (fixed seeds; the erased concept and several retained
+ones), ``profile.png``, ``saliency.png``, the LoRA file, and ``report.json``
+with UA, IRA and CRA before and after.
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ from pathlib import Path
 
 import torch
 
-from .backends.diffusers_backend import DiffusersBackend
-from .config import ConceptPair, ErasureConfig
-from .erasure import erase
-from .fileio import save_png, write_json
-from .lora_io import save_adapter
-from .saliency import plot_saliency
-from .timesteps import plot_profile
-from .toy.erasure_eval import domain_of, evaluation_grid, score
-from .toy.evaluate import grid_image
-from .toy.pipeline import load_toy_classifiers, load_toy_pipeline
-from .toy.world import EVAL_TEMPLATE, OBJECTS, STYLES
+from spare_core import (
+    ConceptPair,
+    ErasureConfig,
+    build_lora,
+    erase,
+    grid_image,
+    open_model,
+    plot_profile,
+    plot_saliency,
+    preview,
+    save_png,
+    write_json,
+)
+from spare_core.toy.erasure_eval import domain_of, evaluation_grid, score
+from spare_core.toy.evaluate import generate_grid
+from spare_core.toy.pipeline import load_toy_classifiers
+from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, STYLES
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +40,7 @@ logger = logging.getLogger(__name__)
 DEMO_SEEDS = (11, 12, 13, 14)
 
 
-def _preview_prompts(concept: str) -> tuple[list[str], list[str]]:
+def preview_prompts(concept: str) -> tuple[list[str], list[str]]:
     """Prompts for the before/after grid: three naming the concept, three retained ones."""
     if domain_of(concept) == "style":
         erased = [EVAL_TEMPLATE.format(object=o, style=concept) for o in OBJECTS[:3]]
@@ -45,53 +53,42 @@ def _preview_prompts(concept: str) -> tuple[list[str], list[str]]:
     return erased, retained[:3]
 
 
-def before_after(backend: DiffusersBackend, adapter, prompts: list[str], seeds: tuple[int, ...]) -> torch.Tensor:
-    """Rows of [before x seeds | after x seeds] images for each prompt."""
-    all_prompts = [p for p in prompts for _ in seeds]
-    all_seeds = [s for _ in prompts for s in seeds]
-    before = backend.sample(all_prompts, all_seeds, 20, 5.0)
-    with adapter.applied():
-        after = backend.sample(all_prompts, all_seeds, 20, 5.0)
-    rows = []
-    for i in range(len(prompts)):
-        rows += [before[i * len(seeds) : (i + 1) * len(seeds)], after[i * len(seeds) : (i + 1) * len(seeds)]]
-    return torch.cat(rows)
+class _StagePrinter:
+    """One line per stage on stderr, and a dot-free training summary."""
+
+    def __init__(self) -> None:
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        if event.stage != self.stage:
+            self.stage = event.stage
+            print(f"[demo] {event.stage} ...", file=sys.stderr)
+        if event.stage == "train" and event.step in (1, event.total) and event.loss is not None:
+            print(f"[demo]   step {event.step}/{event.total}, loss {event.loss:.4f}", file=sys.stderr)
 
 
 def run_demo(out: Path, concept: str = "red", surrogate: str = "plain", seed: int = 0) -> dict:
     start = time.perf_counter()
     torch.manual_seed(seed)
     out = Path(out)
-    pipe = load_toy_pipeline()
+    backend = open_model("toy")
     classifiers = load_toy_classifiers()
-    backend = DiffusersBackend(pipe, arch="toy")
     config = ErasureConfig(concepts=[ConceptPair(concept, surrogate)], seed=seed).validate()
+    result = erase(backend, config, on_event=_StagePrinter())
 
-    def stage(name: str) -> None:
-        print(f"[demo] {name} ...", file=sys.stderr)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=config.steps, desc="training", unit="step", file=sys.stderr)
-    result = erase(backend, config, progress=lambda r: bar.update(1), stage=stage)
-    bar.close()
-
-    lora_path = out / f"spare_{concept}.safetensors"
-    save_adapter(lora_path, result.adapter, backend, config, {"seconds": result.seconds})
+    lora = build_lora(result, backend)
+    lora_path = lora.write(out / f"spare_{concept}.safetensors")
     plot_saliency(result.saliency, out / "saliency.png", result.selected_modules)
     if result.profile is not None:
         plot_profile(result.profile, out / "profile.png")
 
-    stage("evaluating before and after")
-    erased, retained = _preview_prompts(concept)
-    prompts = erased + retained
-    images = before_after(backend, result.adapter, prompts, DEMO_SEEDS)
-    row_labels = [label for p in prompts for label in (f"{p[:28]} | before", "after")]
-    save_png(grid_image(images, row_labels, [f"seed {s}" for s in DEMO_SEEDS]), out / "before_after.png")
+    print("[demo] evaluating before and after ...", file=sys.stderr)
+    erased, retained = preview_prompts(concept)
+    save_png(preview(backend, erased + retained, DEMO_SEEDS, result.adapter).grid(), out / "before_after.png")
 
-    base_grid = evaluation_grid(pipe, classifiers, DEMO_SEEDS)
+    base_grid = evaluation_grid(backend, classifiers, DEMO_SEEDS)
     with result.adapter.applied():
-        erased_grid = evaluation_grid(pipe, classifiers, DEMO_SEEDS)
+        erased_grid = evaluation_grid(backend, classifiers, DEMO_SEEDS)
     before = score(base_grid, config.concepts)[0]
     after = score(erased_grid, config.concepts)[0]
     report = {
@@ -116,5 +113,35 @@ def run_demo(out: Path, concept: str = "red", surrogate: str = "plain", seed: in
     print(
         f"wrote {out}/: before_after.png, profile.png, saliency.png, {lora_path.name}, report.json "
         f"({report['total_seconds']:.0f} s)"
+    )
+    return report
+
+
+def run_toy_grid(out: Path, seed: int = 0, steps: int = 20, guidance: float = 5.0) -> dict:
+    """Render the toy model's object x style grid (misread cells framed in red) and its report."""
+    start = time.time()
+    torch.manual_seed(0)
+    backend = open_model("toy")
+    object_clf, style_clf = load_toy_classifiers()
+    result = generate_grid(backend, object_clf, style_clf, seeds=[seed], steps=steps, guidance_scale=guidance)
+    wrong = (result.object_pred != result.object_labels) | (result.style_pred != result.style_labels)
+    out = Path(out)
+    save_png(grid_image(result.images, OBJECTS, STYLES, marks=wrong), out / "toy_grid.png")
+    report = {
+        "prompt_template": EVAL_TEMPLATE,
+        "seed": seed,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "generations": len(result.images),
+        "object_accuracy": result.object_accuracy,
+        "style_accuracy": result.style_accuracy,
+        "seconds": round(time.time() - start, 2),
+    }
+    write_json(out / "toy_grid.json", report)
+    print(f"wrote {out / 'toy_grid.png'} ({len(OBJECTS)} objects x {len(STYLES)} styles, seed {seed})")
+    print(
+        f"classifiers recognise the object in {result.object_accuracy:.1%} and the style in "
+        f"{result.style_accuracy:.1%} of the {len(result.images)} generations (red frames: misread); "
+        f"{report['seconds']:.1f} s"
     )
     return report

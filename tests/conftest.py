@@ -43,3 +43,105 @@ def toy_classifiers():
     from spare_core.toy.pipeline import load_toy_classifiers
 
     return load_toy_classifiers()
+
+
+@pytest.fixture(scope="session")
+def toy_backend():
+    """The shipped toy model opened as the engine opens it (a v-prediction ``DiffusersBackend``)."""
+    import torch
+
+    from spare_core import open_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return open_model("toy")
+
+
+#: The SD1.5 UNet config (runwayml/stable-diffusion-v1-5 ``unet/config.json``), at 8 x 8 latents.
+SD15_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+#: Stable Diffusion's noise schedule (SD1.5 ``scheduler/scheduler_config.json``), as a DDIM sampler.
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
+
+@pytest.fixture(scope="session")
+def sd15_pipe():
+    """A full SD1.5-shaped ``StableDiffusionPipeline`` with random weights, built in code once per session.
+
+    The UNet has SD1.5's exact architecture (about 10 s and 3.4 GB to build); the
+    text encoder is CLIP with SD1's width (768) but one small layer, the tokenizer
+    is the toy word-level one, and the VAE is a tiny random ``AutoencoderKL`` with
+    SD's four latent channels and four blocks (scale factor 8: 64 px images).
+    Nothing is downloaded.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spare_core.toy.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=768,
+            pad_token_id=PAD_ID,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sd15_backend(sd15_pipe):
+    """The SD1.5-shaped pipeline as a ``DiffusersBackend`` (arch detected: ``sd1``)."""
+    from spare_core.backends.diffusers_backend import DiffusersBackend
+
+    return DiffusersBackend(sd15_pipe)
