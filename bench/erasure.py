@@ -19,7 +19,6 @@ interrupted run leaves what it measured. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -28,13 +27,9 @@ from pathlib import Path
 
 import torch
 
-from spare_core.backends.diffusers_backend import DiffusersBackend
-from spare_core.config import ConceptPair, ErasureConfig
-from spare_core.erasure import erase
-from spare_core.fileio import write_json
-from spare_core.lora_io import save_adapter
+from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, write_json
 from spare_core.toy.erasure_eval import focused_evaluation, score
-from spare_core.toy.pipeline import load_toy_classifiers, load_toy_pipeline
+from spare_core.toy.pipeline import load_toy_classifiers
 from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +43,7 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "scope=all": {"module_scope": "all"},
     "saliency=forget_over_retain": {"saliency_mode": "forget_over_retain"},
-    "all-attention-lora": {"module_scope": "attention", "top_k": None, "module_fraction": 1.0},
+    "all-attention-lora": {"module_scope": "attention", "top_k": 0, "module_fraction": 1.0},
     "eta=0": {"eta": 0.0},
     "uniform-timesteps": {"timestep_mode": "uniform"},
 }
@@ -63,26 +58,23 @@ def concepts(quick: bool) -> list[ConceptPair]:
     return pairs
 
 
-def evaluate(pipe, classifiers, pair: ConceptPair, templates: dict[str, str]) -> dict:
+def evaluate(backend, classifiers, pair: ConceptPair, templates: dict[str, str]) -> dict:
     result = {}
     for kind, template in templates.items():
-        (scores,) = score(focused_evaluation(pipe, classifiers, [pair], ERASED_SEEDS, OTHER_SEEDS, template), [pair])
+        (scores,) = score(focused_evaluation(backend, classifiers, [pair], ERASED_SEEDS, OTHER_SEEDS, template), [pair])
         result[kind] = scores.as_dict()
     return result
 
 
-def run_one(backend, pipe, classifiers, pair, variant, base, cache_dir, unet_fp16_bytes) -> dict:
-    config = dataclasses.replace(ErasureConfig(concepts=[pair]), **VARIANTS[variant])
+def run_one(backend, classifiers, pair, variant, base, cache_dir, unet_fp16_bytes) -> dict:
+    config = ErasureConfig(concepts=[pair]).with_settings(**VARIANTS[variant])
     start = time.perf_counter()
     result = erase(backend, config, cache_dir=cache_dir)
     seconds = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "lora.safetensors"
-        save_adapter(path, result.adapter, backend, config)
-        lora_bytes = path.stat().st_size
+    lora_bytes = len(build_lora(result, backend).to_bytes())
     templates = TEMPLATES if variant == "default" else {"eval": EVAL_TEMPLATE}
     with result.adapter.applied():
-        after = evaluate(pipe, classifiers, pair, templates)
+        after = evaluate(backend, classifiers, pair, templates)
     row = {
         "variant": variant,
         "concept": pair.concept,
@@ -167,17 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
         variants = ["default"] + [v for v in variants if v != "default"]
     out = args.out or ROOT / "bench" / "results" / ("erasure_quick.json" if args.quick else "erasure.json")
 
-    pipe = load_toy_pipeline()
+    backend = open_model("toy")
     classifiers = load_toy_classifiers()
-    backend = DiffusersBackend(pipe, arch="toy")
-    unet_fp16_bytes = sum(p.numel() for p in pipe.unet.parameters()) * 2
+    unet_fp16_bytes = sum(p.numel() for p in backend.denoiser().parameters()) * 2
     rows: list[dict] = []
     started = time.perf_counter()
     for pair in concepts(args.quick):
-        base = evaluate(pipe, classifiers, pair, TEMPLATES)
+        base = evaluate(backend, classifiers, pair, TEMPLATES)
         with tempfile.TemporaryDirectory() as cache_dir:
             for variant in variants:
-                rows.append(run_one(backend, pipe, classifiers, pair, variant, base, Path(cache_dir), unet_fp16_bytes))
+                rows.append(run_one(backend, classifiers, pair, variant, base, Path(cache_dir), unet_fp16_bytes))
         results = {
             "benchmark": "erasure",
             "quick": args.quick,
@@ -185,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             "other_seeds": list(OTHER_SEEDS),
             "torch_threads": torch.get_num_threads(),
             "total_minutes": round((time.perf_counter() - started) / 60, 1),
-            "defaults": dataclasses.asdict(ErasureConfig(concepts=[])),
+            "defaults": ErasureConfig(concepts=[]).settings(),
             "variants": {v: VARIANTS[v] for v in variants},
             "summary": {v: summarise(rows, v) for v in variants},
             "rows": rows,

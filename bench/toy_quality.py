@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from spare_core.fileio import write_json
-from spare_core.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from spare_core import generate_images, write_json
 from spare_core.toy.evaluate import generate_grid
-from spare_core.toy.pipeline import WEIGHTS_DIR, load_toy_classifiers, load_toy_pipeline, read_manifest
+from spare_core.toy.pipeline import WEIGHTS_DIR, load_toy_backend, load_toy_classifiers, read_manifest
 from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE
 
+# Sampling settings of the toy model's evaluation (DDIM steps, classifier-free guidance).
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 5.0
 # Seeds no test or demo uses.
 DEFAULT_SEEDS = (101, 202, 303, 404)
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_quality.json")
     args = p.parse_args(argv)
 
-    load_seconds = _median_seconds(lambda: load_toy_pipeline(args.weights_dir), args.repeats)
-    pipe = load_toy_pipeline(args.weights_dir)
+    load_seconds = _median_seconds(lambda: load_toy_backend(args.weights_dir), args.repeats)
+    backend = load_toy_backend(args.weights_dir)
     object_clf, style_clf = load_toy_classifiers(args.weights_dir)
     prompts = ["a circle image in red style", "a star image in dots style", "a ring", "an image in checker style"]
     sample_seconds = _median_seconds(
-        lambda: generate(pipe, prompts, seeds=[1, 2, 3, 4], steps=20, guidance_scale=DEFAULT_GUIDANCE), args.repeats
+        lambda: generate_images(backend, prompts, [1], steps=20, guidance=DEFAULT_GUIDANCE), args.repeats
     )
 
     evaluations = []
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, template in (("eval", EVAL_TEMPLATE), ("held_out", HELD_OUT_TEMPLATE)):
             start = time.perf_counter()
             result = generate_grid(
-                pipe, object_clf, style_clf, args.seeds, template=template, steps=args.steps, guidance_scale=guidance
+                backend, object_clf, style_clf, args.seeds, template=template, steps=args.steps, guidance_scale=guidance
             )
             evaluations.append(
                 {

@@ -377,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="LoRA strength (default 1.0; 0 = off)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5.0)")
-    p.add_argument("--scale", type=int, default=None, help="pixel upscale of the grid (default: small images to 128 px)")
+    p.add_argument(
+        "--scale", type=int, default=None, help="pixel upscale of the grid (default: small images to 128 px)"
+    )
     p.add_argument("--out", type=Path, default=Path("generated.png"), help="grid image (.png)")
 
     p = command("inspect", _cmd_inspect)

@@ -153,7 +153,9 @@ class ErasureConfig:
         "image i goes with retain prompt i mod n (empty: generate)",
         group="data",
     )
-    images_per_prompt: int = _setting(2, "int", "forget images generated per prompt", minimum=1, maximum=64, group="data")
+    images_per_prompt: int = _setting(
+        2, "int", "forget images generated per prompt", minimum=1, maximum=64, group="data"
+    )
     surrogate_images_per_prompt: int = _setting(
         2,
         "int",
@@ -168,7 +170,12 @@ class ErasureConfig:
         10, "int", "sampling steps for the generated sets", minimum=1, maximum=200, advanced=True, group="data"
     )
     sample_guidance: float = _setting(
-        5.0, "float", "classifier-free guidance of the generated sets", minimum=0.0, maximum=50.0, advanced=True,
+        5.0,
+        "float",
+        "classifier-free guidance of the generated sets",
+        minimum=0.0,
+        maximum=50.0,
+        advanced=True,
         group="data",
     )
     generation_batch_size: int = _setting(
@@ -199,7 +206,11 @@ class ErasureConfig:
         aliases=("--scope",),
     )
     top_k: int = _setting(
-        12, "int", "number of modules that carry the LoRA (0: use module_fraction instead)", minimum=0, maximum=10_000,
+        12,
+        "int",
+        "number of modules that carry the LoRA (0: use module_fraction instead)",
+        minimum=0,
+        maximum=10_000,
         group="saliency",
     )
     module_fraction: float = _setting(
@@ -233,15 +244,32 @@ class ErasureConfig:
         aliases=("--timesteps",),
     )
     profile_points: int = _setting(
-        20, "int", "timesteps at which the profile is measured", minimum=2, maximum=1000, advanced=True,
+        20,
+        "int",
+        "timesteps at which the profile is measured",
+        minimum=2,
+        maximum=1000,
+        advanced=True,
         group="timesteps",
     )
     profile_gamma: float = _setting(
-        1.0, "float", "sharpness of the timestep distribution, p(t) ~ d(t)^gamma", minimum=0.0, maximum=10.0,
-        advanced=True, group="timesteps", aliases=("--gamma",),
+        1.0,
+        "float",
+        "sharpness of the timestep distribution, p(t) ~ d(t)^gamma",
+        minimum=0.0,
+        maximum=10.0,
+        advanced=True,
+        group="timesteps",
+        aliases=("--gamma",),
     )
     profile_floor: float = _setting(
-        0.2, "float", "uniform share mixed into p(t)", minimum=0.0, maximum=1.0, advanced=True, group="timesteps",
+        0.2,
+        "float",
+        "uniform share mixed into p(t)",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+        group="timesteps",
         aliases=("--floor",),
     )
     profile_contrast: bool = _setting(

@@ -251,7 +251,9 @@ def measure_profile(
     )
 
 
-def timestep_sampler(backend: DiffusionBackend, config: ErasureConfig, profile: TimestepProfile | None) -> TimestepSampler:
+def timestep_sampler(
+    backend: DiffusionBackend, config: ErasureConfig, profile: TimestepProfile | None
+) -> TimestepSampler:
     """The training timestep distribution: the profile's (with the config's gamma and floor) or uniform."""
     if config.timestep_mode == "uniform":
         return TimestepSampler.uniform(backend.num_train_timesteps)
@@ -313,8 +315,8 @@ def select_modules(
         remap = {old: new for new, old in enumerate(mine)}
         index = torch.tensor([remap[int(k)] for k in data.forget_prompt_index[keep]])
 
-        def progress(done: int, total: int, i: int = i) -> None:
-            monitor.emit("saliency", i * total + done, n * total, message=pair.concept)
+        def progress(done: int, total: int, i: int = i, concept: str = pair.concept) -> None:
+            monitor.emit("saliency", i * total + done, n * total, message=concept)
             monitor.check()
 
         monitor.check()
@@ -366,7 +368,9 @@ def check_saliency(saliency: Saliency, config: ErasureConfig) -> None:
         raise StageMismatch("the saliency holds no selected modules; make it with select_modules")
     expected = {name: getattr(config, name) for name in SELECTION_SETTINGS}
     expected["concepts"] = [p.concept for p in config.concepts]
-    differ = [f"{k}={saliency.settings.get(k)!r} (now {v!r})" for k, v in expected.items() if saliency.settings.get(k) != v]
+    differ = [
+        f"{k}={saliency.settings.get(k)!r} (now {v!r})" for k, v in expected.items() if saliency.settings.get(k) != v
+    ]
     if differ:
         raise StageMismatch(f"the saliency was computed with other settings: {', '.join(differ)}; compute it again")
 
@@ -461,19 +465,30 @@ def erase(
     if saliency is not None:
         check_saliency(saliency, config)
     if sets is None:
-        sets = timed("data", lambda: prepare_sets(
-            backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel
-        ))
+        sets = timed(
+            "data",
+            lambda: prepare_sets(backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel),
+        )
     if profile is not None:
         check_profile(profile, sets)
     elif config.timestep_mode == "profile":
         profile = timed("profile", lambda: measure_profile(backend, config, sets, on_event=on_event, cancel=cancel))
     if saliency is None:
-        saliency = timed("saliency", lambda: select_modules(
-            backend, config, sets, profile, on_event=on_event, cancel=cancel
-        ))
-    trained = timed("train", lambda: train(
-        backend, config, sets, saliency, profile, on_event=on_event, cancel=cancel,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-    ))
+        saliency = timed(
+            "saliency", lambda: select_modules(backend, config, sets, profile, on_event=on_event, cancel=cancel)
+        )
+    trained = timed(
+        "train",
+        lambda: train(
+            backend,
+            config,
+            sets,
+            saliency,
+            profile,
+            on_event=on_event,
+            cancel=cancel,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        ),
+    )
     return ErasureResult(config, sets, profile, saliency, trained.adapter, trained.history, seconds)

@@ -147,7 +147,9 @@ def build_lora(
     return lora_from_adapter(result.adapter, backend, result.config, metadata, dtype)
 
 
-def read_lora(source: str | Path | bytes | Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Lora:
+def read_lora(
+    source: str | Path | bytes | Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Lora:
     """A LoRA from a file path, the bytes of a file, or a dict of tensors (with ``metadata``).
 
     Only safetensors is read, never a pickle; a file that is not a kohya LoRA,

@@ -48,14 +48,12 @@ def open_model(model: str = TOY_MODEL, device: str = "cpu", dtype: str = "fp32")
     """``toy`` (the shipped toy model) or a local diffusers pipeline folder, as a backend."""
     dev, torch_dtype = check_device(device), parse_dtype(dtype)
     if model == TOY_MODEL:
-        from .toy.domain import ToyDomain
-        from .toy.pipeline import ToyWeightsError, load_toy_pipeline
+        from .toy.pipeline import ToyWeightsError, load_toy_backend
 
         try:
-            pipe = load_toy_pipeline(device=dev, dtype=torch_dtype)
+            return load_toy_backend(device=dev, dtype=torch_dtype)
         except ToyWeightsError as exc:
             raise ModelError(str(exc)) from exc
-        return DiffusersBackend(pipe, arch="toy", domain=ToyDomain())
     path = Path(model)
     if not path.exists():
         raise ModelError(f"model {model!r} not found: give 'toy' or the path of a local diffusers pipeline folder")
@@ -72,7 +70,11 @@ def open_model(model: str = TOY_MODEL, device: str = "cpu", dtype: str = "fp32")
 
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), torch_dtype=torch_dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+            str(path),
+            torch_dtype=torch_dtype,
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
         )
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError... for a bad folder
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,29 +1,18 @@
 """An SPARE LoRA for an SD1.5-shaped UNet: hand-written key names, and diffusers' own loader agrees with us.
 
-The UNet is built once per session from the SD1.5 config with random weights
-(no download; about 10 s and 3.4 GB) and run at 8 x 8 latents.
+The UNet is the one of the session's SD1.5-shaped pipeline (``sd15_pipe`` in
+``conftest.py``: the SD1.5 config with random weights, no download, built once
+per session, about 10 s and 3.4 GB) and runs at 8 x 8 latents.
 """
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import safe_open
 
 from spare_core.adapter import SparseLoRA
 from spare_core.config import ConceptPair, ErasureConfig
 from spare_core.lora_io import load_adapter, save_adapter
-
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 
 #: Modules saliency may pick, with the kohya layer names written out by hand (kohya sd-scripts
 #: naming for SD1: diffusers module path, dots replaced by underscores, prefix lora_unet_).
@@ -61,9 +50,9 @@ class _Sd1Backend:
 
 
 @pytest.fixture(scope="module")
-def sd15_unet():
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
+def sd15_unet(sd15_pipe):
+    """The session's SD1.5-shaped UNet (shared with the backend contract tests), frozen."""
+    unet = sd15_pipe.unet
     unet.requires_grad_(False)
     return unet
 

@@ -85,9 +85,7 @@ class DiffusersBackend:
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         extras = {k: v for k, v in cond.extra.items()}
-        out = self.pipe.unet(
-            x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=extras or None
-        ).sample
+        out = self.pipe.unet(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=extras or None).sample
         if self._prediction_type == "epsilon":
             return out
         # v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022), so eps = sqrt(a) v + sqrt(1 - a) x_t.

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
 from ..backend import DiffusionBackend
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .classifier import ToyClassifier

@@ -94,3 +94,15 @@ def load_toy_classifiers(
     object_clf.load_state_dict(_load_checked(weights_dir, "object_classifier.safetensors", manifest, verify))
     style_clf.load_state_dict(_load_checked(weights_dir, "style_classifier.safetensors", manifest, verify))
     return object_clf.eval(), style_clf.eval()
+
+
+def load_toy_backend(
+    weights_dir: str | Path = WEIGHTS_DIR,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """The toy model as an engine backend, with the toy world as its prompt domain."""
+    from ..backends.diffusers_backend import DiffusersBackend
+    from .domain import ToyDomain
+
+    return DiffusersBackend(load_toy_pipeline(weights_dir, device, dtype), arch="toy", domain=ToyDomain())
