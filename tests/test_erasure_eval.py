@@ -5,9 +5,9 @@ from spare_core.toy.erasure_eval import GRID_STYLES, focused_evaluation, score
 from spare_core.toy.world import OBJECTS, STYLES
 
 
-def test_focused_evaluation_gives_erased_prompts_more_seeds(toy_pipe, toy_classifiers):
+def test_focused_evaluation_gives_erased_prompts_more_seeds(toy_backend, toy_classifiers):
     pairs = [ConceptPair("red", "plain")]
-    grid = focused_evaluation(toy_pipe, toy_classifiers, pairs, erased_seeds=[1, 2, 3], other_seeds=[1], steps=2)
+    grid = focused_evaluation(toy_backend, toy_classifiers, pairs, erased_seeds=[1, 2, 3], other_seeds=[1], steps=2)
     red = grid.style_labels == STYLES.index("red")
     assert int(red.sum()) == 3 * len(OBJECTS)
     assert len(grid.images) == 3 * len(OBJECTS) + (len(GRID_STYLES) - 1) * len(OBJECTS)
@@ -19,9 +19,9 @@ def test_focused_evaluation_gives_erased_prompts_more_seeds(toy_pipe, toy_classi
     assert scores.erased_generations == 3 * len(OBJECTS)
 
 
-def test_focused_evaluation_of_an_object(toy_pipe, toy_classifiers):
+def test_focused_evaluation_of_an_object(toy_backend, toy_classifiers):
     grid = focused_evaluation(
-        toy_pipe, toy_classifiers, [ConceptPair("star", "circle")], erased_seeds=[1, 2], other_seeds=[], steps=2
+        toy_backend, toy_classifiers, [ConceptPair("star", "circle")], erased_seeds=[1, 2], other_seeds=[], steps=2
     )
     assert (grid.object_labels == OBJECTS.index("star")).all()
     assert len(grid.images) == 2 * len(GRID_STYLES)

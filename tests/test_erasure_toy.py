@@ -3,39 +3,36 @@
 import pytest
 import torch
 
-from spare_core.backends.diffusers_backend import DiffusersBackend
-from spare_core.config import ConceptPair, ErasureConfig
-from spare_core.erasure import build_training_data, erase
-from spare_core.prompts import build_prompt_set
+from spare_core import CancelToken, ConceptPair, ErasureCancelled, ErasureConfig, erase, prepare_sets
+from spare_core.events import Monitor
 from spare_core.timesteps import TimestepSampler
 from spare_core.toy.erasure_eval import evaluation_grid, score
-from spare_core.trainer import ErasureCancelled, SelfDistillationTrainer
+from spare_core.trainer import SelfDistillationTrainer
 
 EVAL_SEEDS = [21, 22, 23, 24]  # 4 seeds x 6 prompts = 24 generations of an erased concept
 
 
 @pytest.fixture(scope="module")
-def backend(toy_pipe):
-    return DiffusersBackend(toy_pipe, arch="toy")
+def backend(toy_backend):
+    return toy_backend
 
 
 @pytest.fixture(scope="module")
-def base_grid(toy_pipe, toy_classifiers):
-    return evaluation_grid(toy_pipe, toy_classifiers, EVAL_SEEDS)
+def base_grid(backend, toy_classifiers):
+    return evaluation_grid(backend, toy_classifiers, EVAL_SEEDS)
 
 
-def _erase_and_score(backend, toy_pipe, toy_classifiers, base_grid, pairs):
+def _erase_and_score(backend, toy_classifiers, base_grid, pairs):
     config = ErasureConfig(concepts=pairs)
     result = erase(backend, config)
     with result.adapter.applied():
-        after = evaluation_grid(toy_pipe, toy_classifiers, EVAL_SEEDS)
+        after = evaluation_grid(backend, toy_classifiers, EVAL_SEEDS)
     return result, score(base_grid, pairs), score(after, pairs)
 
 
-def test_erasing_a_style_removes_it_and_keeps_the_rest(backend, toy_pipe, toy_classifiers, base_grid):
-    result, before, after = _erase_and_score(
-        backend, toy_pipe, toy_classifiers, base_grid, [ConceptPair("red", "plain")]
-    )
+@pytest.mark.slow
+def test_erasing_a_style_removes_it_and_keeps_the_rest(backend, toy_classifiers, base_grid):
+    result, before, after = _erase_and_score(backend, toy_classifiers, base_grid, [ConceptPair("red", "plain")])
     (b,), (a,) = before, after
     assert a.erased_generations >= 24
     assert b.ua <= 0.2  # the base model does draw red
@@ -47,13 +44,14 @@ def test_erasing_a_style_removes_it_and_keeps_the_rest(backend, toy_pipe, toy_cl
     # let objects degrade to 0.58, which this bound catches.
     assert a.other_attribute >= b.other_attribute - 0.15, (b, a)
     # The adapter is sparse: a few modules, far fewer weights than the UNet.
-    unet_params = sum(p.numel() for p in toy_pipe.unet.parameters())
+    unet_params = sum(p.numel() for p in backend.denoiser().parameters())
     assert result.adapter.num_trainable() < 0.02 * unet_params
 
 
-def test_one_adapter_erases_two_concepts(backend, toy_pipe, toy_classifiers, base_grid):
+@pytest.mark.slow
+def test_one_adapter_erases_two_concepts(backend, toy_classifiers, base_grid):
     pairs = [ConceptPair("blue", "plain"), ConceptPair("star", "circle")]
-    _, before, after = _erase_and_score(backend, toy_pipe, toy_classifiers, base_grid, pairs)
+    _, before, after = _erase_and_score(backend, toy_classifiers, base_grid, pairs)
     for b, a in zip(before, after, strict=True):
         assert b.ua <= 0.3, b
         assert a.ua >= 0.8, a
@@ -91,8 +89,7 @@ def test_resumed_training_ends_with_the_same_adapter(backend, tmp_path):
     from spare_core.adapter import SparseLoRA
 
     config = _small_config()
-    prompts = build_prompt_set(config, toy=True)
-    data = build_training_data(backend, config, prompts)
+    data = prepare_sets(backend, config).data
     modules = ["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", "conv_in"]
     sampler = TimestepSampler.uniform(backend.num_train_timesteps)
 
@@ -104,8 +101,10 @@ def test_resumed_training_ends_with_the_same_adapter(backend, tmp_path):
     straight.run()
     checkpoint = tmp_path / "ckpt.safetensors"
     interrupted = trainer()
+    token = CancelToken()
+    cancel_at_3 = Monitor(lambda event: event.step >= 3 and token.cancel(), token)
     with pytest.raises(ErasureCancelled):
-        interrupted.run(cancel=lambda: interrupted.step >= 3, checkpoint_path=checkpoint, checkpoint_every=3)
+        interrupted.run(cancel_at_3, checkpoint_path=checkpoint, checkpoint_every=3)
     assert checkpoint.exists()
     resumed = trainer()
     resumed.run(checkpoint_path=checkpoint)
@@ -118,20 +117,24 @@ def test_resumed_training_ends_with_the_same_adapter(backend, tmp_path):
 
 def test_a_checkpoint_of_another_configuration_is_refused(backend, tmp_path):
     checkpoint = tmp_path / "ckpt.safetensors"
+    token = CancelToken()
+
+    def cancel_at_train_step_3(event):
+        if event.stage == "train" and event.step >= 3:
+            token.cancel()
+
     with pytest.raises(ErasureCancelled):
-        erase(backend, _small_config(), cancel=_cancel_after(3), checkpoint_path=checkpoint, checkpoint_every=3)
+        erase(
+            backend,
+            _small_config(),
+            on_event=cancel_at_train_step_3,
+            cancel=token,
+            checkpoint=checkpoint,
+            checkpoint_every=3,
+        )
+    assert checkpoint.exists()  # a cancelled run keeps its checkpoint, so that it can resume
     with pytest.raises(ValueError, match="another configuration"):
-        erase(backend, _small_config(lr=1e-2), checkpoint_path=checkpoint)
-
-
-def _cancel_after(calls: int):
-    count = {"n": 0}
-
-    def cancel() -> bool:
-        count["n"] += 1
-        return count["n"] > calls
-
-    return cancel
+        erase(backend, _small_config(lr=1e-2), checkpoint=checkpoint)
 
 
 def test_cancelled_erase_writes_no_file(tmp_path, monkeypatch, capsys):
@@ -175,8 +178,8 @@ def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
     top = {}
     for concept, surrogate in (("red", "plain"), ("circle", "square")):
         config = _small_config(concepts=[ConceptPair(concept, surrogate)], images_per_prompt=2)
-        prompts = build_prompt_set(config, toy=True)
-        data = build_training_data(backend, config, prompts)
+        sets = prepare_sets(backend, config)
+        prompts, data = sets.prompts, sets.data
         saliency = compute_saliency(
             backend,
             data.forget_latents,
@@ -197,9 +200,9 @@ def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
 def test_surrogate_images_join_only_the_training_pool(backend):
     plain = _small_config(surrogate_images_per_prompt=0)
     anchored = _small_config(surrogate_images_per_prompt=2)
-    prompts = build_prompt_set(anchored, toy=True)
-    without = build_training_data(backend, plain, prompts)
-    data = build_training_data(backend, anchored, prompts)
+    without = prepare_sets(backend, plain).data
+    sets = prepare_sets(backend, anchored)
+    prompts, data = sets.prompts, sets.data
     # Profile and saliency read forget_latents: the concept's images, unchanged.
     assert without.surrogate_latents is None
     assert torch.equal(data.forget_latents, without.forget_latents)

@@ -4,12 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spare_core.backends.diffusers_backend import DiffusersBackend
+from spare_core import ConceptPair, ErasureConfig, prepare_sets
 from spare_core.cli import main
-from spare_core.config import ConceptPair, ErasureConfig
-from spare_core.erasure import build_training_data
 from spare_core.image_folder import load_image_folder
-from spare_core.prompts import build_prompt_set
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
@@ -61,8 +58,8 @@ def test_erase_refuses_a_missing_image_folder_without_writing(capsys, tmp_path):
     assert not out.exists()
 
 
-def test_forget_images_from_a_folder_replace_generated_ones(toy_pipe, tmp_path):
-    backend = DiffusersBackend(toy_pipe, arch="toy")
+def test_forget_images_from_a_folder_replace_generated_ones(toy_backend, tmp_path):
+    backend = toy_backend
     # The size the model draws at is the size user images are brought to.
     assert backend.sample(["a circle image in red style"], [0], 2, 1.0).shape[-1] == backend.image_size
     colours = [RED, BLUE, GREEN, RED, BLUE]
@@ -75,8 +72,8 @@ def test_forget_images_from_a_folder_replace_generated_ones(toy_pipe, tmp_path):
         retain_images=4,
         sample_steps=2,
     ).validate()
-    prompts = build_prompt_set(config, toy=True)
-    data = build_training_data(backend, config, prompts)
+    sets = prepare_sets(backend, config)
+    prompts, data = sets.prompts, sets.data
     expected = backend.encode_images(load_image_folder(tmp_path, backend.image_size)).float()
     assert torch.allclose(data.forget_latents, expected)
     assert data.forget_prompt_index.tolist() == [k % len(prompts.forget) for k in range(len(colours))]

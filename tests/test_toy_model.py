@@ -35,9 +35,9 @@ def test_shipped_classifiers_are_accurate_on_fresh_images(toy_classifiers):
     assert (style_clf.predict(degraded) == sty).float().mean() >= 0.95
 
 
-def test_generations_are_recognised(toy_pipe, toy_classifiers):
+def test_generations_are_recognised(toy_backend, toy_classifiers):
     # Every object x style prompt once: 42 generations.
-    result = generate_grid(toy_pipe, *toy_classifiers, seeds=[2024])
+    result = generate_grid(toy_backend, *toy_classifiers, seeds=[2024])
     assert len(result.images) == len(OBJECTS) * len(STYLES) >= 24
     assert result.object_accuracy >= 0.8, result.accuracy_by("object")
     assert result.style_accuracy >= 0.8, result.accuracy_by("style")
