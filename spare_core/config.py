@@ -281,9 +281,9 @@ class ErasureConfig:
         group="timesteps",
     )
     # ---------------------------------------------------------------- training
-    rank: int = _setting(4, "int", "LoRA rank", minimum=1, maximum=256)
+    rank: int = _setting(4, "int", "LoRA rank: the inner dimension of each low-rank update", minimum=1, maximum=256)
     alpha: float = _setting(4.0, "float", "LoRA alpha; the update is scaled by alpha / rank", minimum=1e-6, maximum=1e4)
-    steps: int = _setting(120, "int", "training steps", minimum=1, maximum=100_000)
+    steps: int = _setting(120, "int", "optimisation steps of the LoRA", minimum=1, maximum=100_000)
     batch_size: int = _setting(8, "int", "training batch size (forget and retain images each)", minimum=1, maximum=512)
     lr: float = _setting(6e-3, "float", "AdamW learning rate (cosine schedule)", minimum=1e-8, maximum=1e4)
     weight_decay: float = _setting(0.0, "float", "AdamW weight decay", minimum=0.0, maximum=1.0, advanced=True)
