@@ -57,9 +57,9 @@ _EXPORTS: dict[str, str] = {
     "read_lora": "lora",
     "LoraFileError": "lora_file",
     # previews, pictures and files
-    "generate_images": "preview",
-    "preview": "preview",
-    "Preview": "preview",
+    "generate_images": "previews",
+    "preview": "previews",
+    "Preview": "previews",
     "grid_image": "images",
     "plot_profile": "timesteps",
     "plot_saliency": "saliency",
@@ -68,6 +68,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
+# A public name that is also a submodule's name would be shadowed by the submodule once imported.
+assert not set(_EXPORTS) & set(_EXPORTS.values()), "rename the module or the name"
 
 
 def __getattr__(name: str) -> Any:

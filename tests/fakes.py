@@ -96,7 +96,9 @@ class FakeBackend:
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         cond = self.encode_prompts(prompts)
-        x = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        x = torch.stack(
+            [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
         for t in torch.linspace(self.num_train_timesteps - 1, 0, steps).long():
             x = x - self.predict_noise(x, t.repeat(len(x)), cond) / steps
             if on_step is not None:
