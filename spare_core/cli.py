@@ -160,29 +160,34 @@ class _ProgressBars:
             self.bar.close()
             self.bar = None
 
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # also when the run fails or is cancelled, so the error line stands on its own
+
 
 # --------------------------------------------------------------------------- commands
 
 
-def _prepare(args: argparse.Namespace, suffix: str):
+def _prepare(args: argparse.Namespace, suffix: str, bars: _ProgressBars):
     """Validated config, output path, backend and sets of a profile/saliency run (settings checked first)."""
     from . import open_model, prepare_sets
 
     config, _, model = _resolve_config(args)
     out = _check_output(args.out, suffix)
     backend = open_model(model, args.device, args.dtype)
-    bars = _ProgressBars()
     sets = prepare_sets(backend, config, cache_dir=args.cache_dir, on_event=bars)
-    return config, out, backend, sets, bars
+    return config, out, backend, sets
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     """Measure where in the denoising trajectory the concept is decided (timestep profile)."""
     from . import measure_profile, plot_profile
 
-    config, out, backend, sets, bars = _prepare(args, ".json")
-    profile = measure_profile(backend, config, sets, on_event=bars)
-    bars.close()
+    with _ProgressBars() as bars:
+        config, out, backend, sets = _prepare(args, ".json", bars)
+        profile = measure_profile(backend, config, sets, on_event=bars)
     profile.save(out)
     if args.plot:
         plot_profile(profile, args.plot)
@@ -194,10 +199,10 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
     """Rank the model's modules by how much they carry the concept, and select those erase would train."""
     from . import measure_profile, plot_saliency, select_modules
 
-    config, out, backend, sets, bars = _prepare(args, ".json")
-    profile = measure_profile(backend, config, sets, on_event=bars) if config.timestep_mode == "profile" else None
-    saliency = select_modules(backend, config, sets, profile, on_event=bars)
-    bars.close()
+    with _ProgressBars() as bars:
+        config, out, backend, sets = _prepare(args, ".json", bars)
+        profile = measure_profile(backend, config, sets, on_event=bars) if config.timestep_mode == "profile" else None
+        saliency = select_modules(backend, config, sets, profile, on_event=bars)
     saliency.save(out)
     if args.plot:
         plot_saliency(saliency, args.plot, saliency.selected)
@@ -225,17 +230,16 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     profile = _load_stage(TimestepProfile, args.profile, "profile")
     saliency = _load_stage(Saliency, args.saliency, "saliency")
     backend = open_model(model, args.device, args.dtype)
-    bars = _ProgressBars()
-    result = erase(
-        backend,
-        config,
-        cache_dir=args.cache_dir,
-        on_event=bars,
-        checkpoint=args.checkpoint,
-        profile=profile,
-        saliency=saliency,
-    )
-    bars.close()
+    with _ProgressBars() as bars:
+        result = erase(
+            backend,
+            config,
+            cache_dir=args.cache_dir,
+            on_event=bars,
+            checkpoint=args.checkpoint,
+            profile=profile,
+            saliency=saliency,
+        )
     lora = build_lora(result, backend, overrides=overrides)
     if args.plots:
         plot_saliency(result.saliency, args.plots / "saliency.png", result.selected_modules)
@@ -270,11 +274,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("give at least one non-empty --prompt")
     lora = read_lora(args.lora) if args.lora else None
     backend = open_model(args.model or "toy", args.device, args.dtype)
-    bars = _ProgressBars()
-    images = generate_images(
-        backend, args.prompt, args.seeds, lora, args.strength, args.steps, args.guidance, on_event=bars
-    )
-    bars.close()
+    with _ProgressBars() as bars:
+        images = generate_images(
+            backend, args.prompt, args.seeds, lora, args.strength, args.steps, args.guidance, on_event=bars
+        )
     save_png(grid_image(images, args.prompt, [f"seed {s}" for s in args.seeds], scale=args.scale), out)
     print(f"wrote {out} ({len(args.prompt)} prompts x {len(args.seeds)} seeds)")
     return 0
