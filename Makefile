@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.spare-installed
 
-.PHONY: demo test bench bench-full lint train-toy clean
+.PHONY: demo test test-fast bench bench-full lint train-toy clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The tests not marked slow (a few minutes).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/toy_quality.py

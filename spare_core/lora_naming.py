@@ -5,7 +5,7 @@ A kohya-layout LoRA names each adapted module by its path with ``.`` replaced by
 ``create_modules``: ``(prefix + "." + name + "." + child_name).replace(".", "_")``).
 The path is spelled either as in diffusers (``down_blocks.0.attentions.0...``) or
 as in the original CompVis/SGM UNet (``input_blocks.1.1...``). kohya writes SD1/SD2
-files in diffusers spelling and SDXL files in CompVis spelling (DESIGN.md section 4).
+files in diffusers spelling and SDXL files in CompVis spelling; every host is tested against that.
 
 The two spellings differ only in the block structure; the mapping below follows
 ComfyUI ``comfy/utils.py`` ``unet_to_diffusers`` and diffusers

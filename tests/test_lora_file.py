@@ -108,7 +108,7 @@ def test_default_naming_follows_kohya():
         default_naming("flux")
 
 
-# SD1.5 block numbering, written out by hand (REFERENCE.md; ComfyUI unet_to_diffusers).
+# SD1.5 block numbering, written out by hand (ComfyUI comfy/utils.py unet_to_diffusers).
 SD1_COMPVIS = {
     TO_K: "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
     "down_blocks.2.attentions.1.proj_in": "input_blocks.8.1.proj_in",

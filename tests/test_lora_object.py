@@ -61,7 +61,9 @@ def test_the_file_is_a_kohya_lora_that_safetensors_reads(toy_backend, tmp_path):
         keys, metadata = set(f.keys()), f.metadata()
         up = f.get_tensor("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight")
     assert keys == {
-        f"lora_unet_{m.replace('.', '_')}.{part}" for m in MODULES for part in ("lora_down.weight", "lora_up.weight", "alpha")
+        f"lora_unet_{m.replace('.', '_')}.{part}"
+        for m in MODULES
+        for part in ("lora_down.weight", "lora_up.weight", "alpha")
     }
     assert up.dtype == torch.float16
     assert metadata["ss_network_module"] == "networks.lora" and metadata["spare_arch"] == "toy"

@@ -10,9 +10,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import safe_open
 
-from spare_core.adapter import SparseLoRA
-from spare_core.config import ConceptPair, ErasureConfig
-from spare_core.lora_io import load_adapter, save_adapter
+from spare_core import ConceptPair, ErasureConfig, SparseLoRA, lora_from_adapter, read_lora
 
 #: Modules saliency may pick, with the kohya layer names written out by hand (kohya sd-scripts
 #: naming for SD1: diffusers module path, dots replaced by underscores, prefix lora_unet_).
@@ -25,7 +23,7 @@ EXPECTED_LAYERS = {
     "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0": "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0",
 }
 #: The same modules as Automatic1111 and ComfyUI name them internally (compvis), for the record of
-#: what their diffusers-name conversions must produce (REFERENCE.md: down block b, layer i ->
+#: what their diffusers-name conversions must produce (ComfyUI unet_to_diffusers: down block b, layer i ->
 #: input_blocks 1 + 3b + i; mid_block -> middle_block; up block b, layer i -> output_blocks 3b + i).
 EXPECTED_COMPVIS = {
     "conv_in": "input_blocks.0.0",
@@ -35,18 +33,6 @@ EXPECTED_COMPVIS = {
     "mid_block.resnets.0.conv1": "middle_block.0.in_layers.2",
     "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0": "output_blocks.11.1.transformer_blocks.0.attn2.to_out.0",
 }
-
-
-class _Sd1Backend:
-    """Just what export needs: the denoiser and the architecture."""
-
-    arch = "sd1"
-
-    def __init__(self, unet):
-        self.unet = unet
-
-    def denoiser(self):
-        return self.unet
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +56,10 @@ def _inputs():
     return torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500]), torch.randn(1, 77, 768, generator=g)
 
 
-def test_exported_keys_are_kohya_names_and_nothing_else(sd15_unet, tmp_path):
+def test_exported_keys_are_kohya_names_and_nothing_else(sd15_unet, sd15_backend, tmp_path):
     path = tmp_path / "erase.safetensors"
     config = ErasureConfig(concepts=[ConceptPair("Van Gogh", "an impressionist painter")], base_model="sd15")
-    save_adapter(path, _adapter(sd15_unet), _Sd1Backend(sd15_unet), config, dtype=torch.float32)
+    lora_from_adapter(_adapter(sd15_unet), sd15_backend, config, dtype=torch.float32).write(path)
     with safe_open(str(path), "pt") as f:
         keys = set(f.keys())
         metadata = f.metadata()
@@ -96,7 +82,7 @@ def test_compvis_names_match_the_hosts_rules(sd15_unet):
         assert compvis_to_diffusers(compvis_name, sd15_unet.config) == diffusers_name
 
 
-def test_diffusers_loader_gives_the_same_prediction_as_our_adapter(sd15_unet, tmp_path):
+def test_diffusers_loader_gives_the_same_prediction_as_our_adapter(sd15_unet, sd15_backend, tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from spare_core.toy.text import build_tokenizer
@@ -111,7 +97,7 @@ def test_diffusers_loader_gives_the_same_prediction_as_our_adapter(sd15_unet, tm
     assert (ours - base).abs().max() > 1e-3  # the adapter does change the prediction
     path = tmp_path / "erase.safetensors"
     config = ErasureConfig(concepts=[ConceptPair("Van Gogh", "a painter")], base_model="sd15")
-    save_adapter(path, adapter, _Sd1Backend(sd15_unet), config, dtype=torch.float32)
+    lora_from_adapter(adapter, sd15_backend, config, dtype=torch.float32).write(path)
 
     tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(
@@ -142,12 +128,12 @@ def test_diffusers_loader_gives_the_same_prediction_as_our_adapter(sd15_unet, tm
         assert torch.allclose(sd15_unet(x, t, c).sample, base, atol=1e-6)
 
 
-def test_file_loads_back_into_our_adapter(sd15_unet, tmp_path):
+def test_file_loads_back_into_our_adapter(sd15_unet, sd15_backend, tmp_path):
     adapter = _adapter(sd15_unet)
     path = tmp_path / "erase.safetensors"
     config = ErasureConfig(concepts=[ConceptPair("a", "b")], base_model="sd15")
-    save_adapter(path, adapter, _Sd1Backend(sd15_unet), config, dtype=torch.float32)
-    loaded, metadata = load_adapter(path, _Sd1Backend(sd15_unet))
+    lora_from_adapter(adapter, sd15_backend, config, dtype=torch.float32).write(path)
+    loaded = read_lora(path).adapter(sd15_backend)
     assert set(loaded.module_names) == set(EXPECTED_LAYERS)
     for name in EXPECTED_LAYERS:
         assert torch.equal(loaded.branch(name).up, adapter.branch(name).up)
