@@ -15,7 +15,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -167,6 +171,29 @@ class _ProgressBars:
         self.close()  # also when the run fails or is cancelled, so the error line stands on its own
 
 
+@contextmanager
+def _cancel_on_ctrl_c() -> Iterator:
+    """A cancel token that the first Ctrl-C sets (the run stops at its next check); a second one stops at once."""
+    from . import CancelToken
+
+    token = CancelToken()
+    if threading.current_thread() is not threading.main_thread():
+        yield token
+        return
+
+    def handler(signum, frame) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel("cancelled with Ctrl-C")
+        print("\n[spare] stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -216,7 +243,9 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     """Erase concepts: train a sparse LoRA by self-distillation and write it as a kohya LoRA file."""
     from . import Saliency, TimestepProfile, build_lora, erase, open_model, plot_profile, plot_saliency
 
-    out = _check_output(args.out, ".safetensors")
+    if args.out is None and not args.dry_run:
+        raise UsageError("give --out FILE.safetensors: the LoRA file to write")
+    out = _check_output(args.out, ".safetensors") if args.out is not None else None
     config, overrides, model = _resolve_config(args)
     if args.dry_run:
         resolved = {
@@ -230,12 +259,13 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     profile = _load_stage(TimestepProfile, args.profile, "profile")
     saliency = _load_stage(Saliency, args.saliency, "saliency")
     backend = open_model(model, args.device, args.dtype)
-    with _ProgressBars() as bars:
+    with _ProgressBars() as bars, _cancel_on_ctrl_c() as token:
         result = erase(
             backend,
             config,
             cache_dir=args.cache_dir,
             on_event=bars,
+            cancel=token,
             checkpoint=args.checkpoint,
             profile=profile,
             saliency=saliency,
@@ -356,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_concept_options(p)
     _add_setting_options(p)
-    p.add_argument("--out", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    p.add_argument("--out", type=Path, help="the LoRA file to write (.safetensors; required unless --dry-run)")
     p.add_argument(
         "--from",
         dest="from_file",

@@ -1,4 +1,4 @@
-"""Self-distillation training of a sparse LoRA (SPARE stage 2).
+"""Self-distillation training of a sparse LoRA (the ``train`` stage).
 
 Teacher: the same model with the adapter detached. Per step:
 
@@ -204,7 +204,7 @@ class SelfDistillationTrainer:
 
         Every step checks ``monitor``'s cancel token first and reports a ``train``
         event after. A checkpoint is written every ``checkpoint_every`` steps and
-        kept when the run is cancelled, so that it can resume.
+        when the run is cancelled, so that it resumes where it stopped.
         """
         monitor = monitor or Monitor()
         if checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -213,7 +213,12 @@ class SelfDistillationTrainer:
         denoiser = self.backend.denoiser()
         with torch.inference_mode(False), normal_weights(denoiser):
             while self.step < self.config.steps:
-                monitor.check()
+                try:
+                    monitor.check()
+                except BaseException:  # cancelled between steps: keep the state reached, so the run resumes here
+                    if checkpoint_path is not None and self.step > 0:
+                        self.save_checkpoint(checkpoint_path)
+                    raise
                 report = self.train_step()
                 monitor.emit("train", report.step, report.total, loss=report.loss)
                 if checkpoint_path is not None and (

@@ -171,3 +171,53 @@ def test_a_librarys_own_error_ends_as_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = _run(capsys, "generate", "--prompt", "a ring", "--out", tmp_path / "g.png")
     assert code == 2 and "diffusion_pytorch_model" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cancelled_run_keeps_its_checkpoint_at_the_step_reached_and_resumes(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from safetensors.torch import load_file
+
+    from spare_core import trainer as trainer_module
+
+    original = trainer_module.SelfDistillationTrainer.train_step
+
+    def interrupted(self):
+        if self.step == 4:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the fifth step
+        return original(self)
+
+    checkpoint, out = tmp_path / "ckpt.safetensors", tmp_path / "y.safetensors"
+    argv = [
+        "erase",
+        *CONCEPT,
+        *TINY,
+        "--steps",
+        "6",
+        "--out",
+        out,
+        "--checkpoint",
+        checkpoint,
+        "--cache-dir",
+        tmp_path / "c",
+    ]
+    monkeypatch.setattr(trainer_module.SelfDistillationTrainer, "train_step", interrupted)
+    code, _, err = _run(capsys, *argv)
+    assert code == 130 and "nothing was written" in err
+    assert not out.exists()
+    assert int(load_file(checkpoint)["step"]) == 5  # the step under way finished; the run stopped before the next
+    monkeypatch.undo()
+    code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert not checkpoint.exists()  # the finished run no longer needs it
+    straight = tmp_path / "straight.safetensors"
+    code, _, err = _run(
+        capsys, "erase", *CONCEPT, *TINY, "--steps", "6", "--out", straight, "--cache-dir", tmp_path / "c"
+    )
+    assert out.read_bytes() == straight.read_bytes()
+
+
+def test_dry_run_needs_no_output_file(capsys):
+    code, out, err = _run(capsys, "erase", *CONCEPT, "--top-k", "5", "--dry-run")
+    assert code == 0, err
+    assert json.loads(out)["settings"]["top_k"] == 5

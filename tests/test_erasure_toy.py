@@ -74,6 +74,7 @@ def _weights(adapter):
     return {n: (w.down.clone(), w.up.clone()) for n, w in adapter.export().items()}
 
 
+@pytest.mark.slow
 def test_same_seed_same_lora_and_other_seed_differs(backend):
     a = erase(backend, _small_config())
     b = erase(backend, _small_config())
@@ -172,6 +173,7 @@ def test_cancelled_erase_writes_no_file(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_saliency_picks_different_modules_for_a_style_and_an_object(backend):
     from spare_core.saliency import compute_saliency
 

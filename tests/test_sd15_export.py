@@ -12,6 +12,8 @@ from safetensors import safe_open
 
 from spare_core import ConceptPair, ErasureConfig, SparseLoRA, lora_from_adapter, read_lora
 
+pytestmark = pytest.mark.slow  # builds the SD1.5-shaped UNet (3.4 GB) once per session
+
 #: Modules saliency may pick, with the kohya layer names written out by hand (kohya sd-scripts
 #: naming for SD1: diffusers module path, dots replaced by underscores, prefix lora_unet_).
 EXPECTED_LAYERS = {
