@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import torch
@@ -46,7 +47,10 @@ def grid_image(
     for c, label in enumerate(col_labels):
         draw.text((left + c * (cell_w + pad) + 4, 3), label, fill="black")
     for r, label in enumerate(row_labels):
-        draw.text((4, top + r * (cell_h + pad) + cell_h // 2 - 6), label[:24], fill="black")
+        lines = textwrap.wrap(label, 22)[: max(1, cell_h // 12)] or [""]
+        y0 = top + r * (cell_h + pad) + cell_h // 2 - 6 * len(lines)
+        for k, line in enumerate(lines):
+            draw.text((4, y0 + 12 * k), line, fill="black")
         for c in range(cols):
             x, y = left + c * (cell_w + pad), top + r * (cell_h + pad)
             canvas.paste(to_pil(images[r * cols + c], scale), (x, y))

@@ -260,9 +260,9 @@ def compute_saliency(
 
 
 def block_of(module_name: str) -> str:
-    """The UNet block a module belongs to (``down_blocks.1``, ``mid_block``, ``conv_in``...)."""
+    """The UNet block a module belongs to (``down_blocks.1``, ``mid_block``, ``input_blocks.4``, ``conv_in``...)."""
     parts = module_name.split(".")
-    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
+    if parts[0] in ("down_blocks", "up_blocks", "input_blocks", "output_blocks") and len(parts) > 1:
         return ".".join(parts[:2])
     return parts[0]
 
