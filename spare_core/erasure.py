@@ -155,7 +155,7 @@ def prepare_sets(
     """
     config.validate()
     monitor = Monitor(on_event, cancel)
-    prompts = build_prompt_set(config, domain or backend.domain or GenericDomain())
+    prompts = build_prompt_set(config, _domain_of(backend, domain))
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
     plan = [("forget", prompts.forget, config.images_per_prompt, config.forget_image_dir)]
     if config.surrogate_images_per_prompt > 0:
@@ -172,6 +172,11 @@ def prepare_sets(
             latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
         tensors[f"{kind}_latents"], tensors[f"{kind}_prompt_index"] = latents, index
     return ErasureSets(prompts, _training_data(backend, prompts, tensors))
+
+
+def _domain_of(backend: DiffusionBackend, domain: Domain | None) -> Domain:
+    """The domain given, else the one the model brings, else the generic one."""
+    return domain or backend.domain or GenericDomain()
 
 
 def _drawn_latents(
@@ -269,10 +274,10 @@ def timestep_sampler(
     )
 
 
-def check_profile(profile: TimestepProfile, sets: ErasureSets) -> None:
-    """Raise StageMismatch if ``profile`` was measured for other prompts than ``sets``' first concept."""
-    first = sets.prompts.concept_of.index(0)
-    expected = (sets.prompts.forget[first], sets.prompts.surrogate[first])
+def check_profile(profile: TimestepProfile, prompts: PromptSet) -> None:
+    """Raise StageMismatch if ``profile`` was measured for other prompts than the first concept's."""
+    first = prompts.concept_of.index(0)
+    expected = (prompts.forget[first], prompts.surrogate[first])
     if (profile.concept, profile.surrogate) != expected:
         raise StageMismatch(
             f"the profile was measured for {profile.concept!r} -> {profile.surrogate!r}, "
@@ -464,14 +469,14 @@ def erase(
 
     if saliency is not None:
         check_saliency(saliency, config)
+    if profile is not None:  # checked on the prompts, before any image is drawn
+        check_profile(profile, sets.prompts if sets else build_prompt_set(config, _domain_of(backend, domain)))
     if sets is None:
         sets = timed(
             "data",
             lambda: prepare_sets(backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel),
         )
-    if profile is not None:
-        check_profile(profile, sets)
-    elif config.timestep_mode == "profile":
+    if profile is None and config.timestep_mode == "profile":
         profile = timed("profile", lambda: measure_profile(backend, config, sets, on_event=on_event, cancel=cancel))
     if saliency is None:
         saliency = timed(

@@ -23,6 +23,7 @@ from .fileio import write_bytes
 from .lora_file import (
     LoraFileError,
     LoraModuleWeights,
+    check_lora_arch,
     lora_file_metadata,
     lora_file_tensors,
     parse_lora_tensors,
@@ -95,9 +96,7 @@ class Lora:
 
     def adapter(self, backend: DiffusionBackend) -> SparseLoRA:
         """A :class:`SparseLoRA` on ``backend``'s model holding these weights (LoraFileError if it does not fit)."""
-        from .lora_file import _check_arch
-
-        _check_arch(Path(self.source), self.metadata, backend.arch)
+        check_lora_arch(Path(self.source), self.metadata, backend.arch)
         layers = self.layers()
         names = resolve_layers(Path(self.source), list(layers), backend.lora_layer_table())
         try:

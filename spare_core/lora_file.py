@@ -247,7 +247,8 @@ def _display_name(arch: str) -> str:
         return arch
 
 
-def _check_arch(path: Path, metadata: Mapping[str, str], expected_arch: str | None) -> None:
+def check_lora_arch(path: Path, metadata: Mapping[str, str], expected_arch: str | None) -> None:
+    """Raise LoraFileError if the file's metadata names another architecture than ``expected_arch``."""
     file_arch = _arch_of(metadata)
     if expected_arch is None or file_arch is None or file_arch == expected_arch:
         return
@@ -333,7 +334,7 @@ def parse_lora_tensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], expected_arch: str | None
 ) -> dict[str, LoraModuleWeights]:
     """The LoRA layers of a file's tensors, by kohya layer name, as float32; LoraFileError for anything wrong."""
-    _check_arch(path, metadata, expected_arch)
+    check_lora_arch(path, metadata, expected_arch)
     layers = _group(path, tensors)
     return {layer: _module_weights(path, layer, parts) for layer, parts in layers.items()}
 
