@@ -11,7 +11,7 @@ from PIL import Image
 from .adapter import SparseLoRA
 from .backend import DiffusionBackend
 from .events import CancelToken, EventCallback, Monitor
-from .images import grid_image
+from .images import grid_image, to_pil
 from .lora import Lora
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -61,6 +61,12 @@ class Preview:
     strength: float
     before: torch.Tensor
     after: torch.Tensor
+
+    def images(self, side: str = "after") -> list[Image.Image]:
+        """The ``before`` or ``after`` generations as PIL images, prompt-major (for galleries)."""
+        if side not in ("before", "after"):
+            raise ValueError(f"side must be 'before' or 'after', got {side!r}")
+        return [to_pil(image) for image in getattr(self, side)]
 
     def grid(self) -> Image.Image:
         """One row per prompt before, then after; one column per seed."""

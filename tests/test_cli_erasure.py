@@ -3,34 +3,13 @@
 import json
 
 import pytest
+from tiny import TINY_ARGV as TINY
+from tiny import tiny_config as _tiny_config
 
-from spare_core import SETTINGS, ConceptPair, ErasureConfig, build_lora, erase, read_lora
+from spare_core import SETTINGS, build_lora, erase, read_lora
 from spare_core.cli import main
 
-TINY = [
-    "--images-per-prompt", "1",
-    "--surrogate-images-per-prompt", "1",
-    "--retain-images", "8",
-    "--sample-steps", "2",
-    "--steps", "3",
-    "--saliency-batches", "1",
-    "--profile-points", "4",
-]  # fmt: skip
 CONCEPT = ["--concept", "yellow", "--surrogate", "plain"]
-
-
-def _tiny_config(**kw) -> ErasureConfig:
-    config = ErasureConfig(concepts=[ConceptPair("yellow", "plain")]).with_settings(
-        images_per_prompt=1,
-        surrogate_images_per_prompt=1,
-        retain_images=8,
-        sample_steps=2,
-        steps=3,
-        saliency_batches=1,
-        profile_points=4,
-        **kw,
-    )
-    return config.validate()
 
 
 def _run(capsys, *argv):

@@ -3,11 +3,11 @@
 import threading
 
 import pytest
+from tiny import tiny_config
 
 from spare_core import (
     STAGES,
     CancelToken,
-    ConceptPair,
     ErasureCancelled,
     ErasureConfig,
     erase,
@@ -17,18 +17,7 @@ from spare_core import (
 
 
 def _tiny(**kw) -> ErasureConfig:
-    settings = dict(
-        images_per_prompt=1,
-        surrogate_images_per_prompt=1,
-        retain_images=8,
-        sample_steps=2,
-        generation_batch_size=8,
-        steps=4,
-        saliency_batches=1,
-        profile_points=4,
-    )
-    settings.update(kw)
-    return ErasureConfig(concepts=[ConceptPair("yellow", "plain")], **settings)
+    return tiny_config(**{"generation_batch_size": 8, "steps": 4, **kw})
 
 
 def _files(folder):

@@ -123,6 +123,9 @@ def test_preview_at_strength_zero_equals_before_and_a_lora_equals_its_adapter(to
     assert torch.allclose(on.after, direct, atol=1e-5)
     half = generate_images(toy_backend, prompts, seeds, lora, strength=0.5, steps=4)
     assert not torch.allclose(half, on.after) and not torch.allclose(half, on.before)
+    gallery = on.images("after")
+    assert len(gallery) == 2 and gallery[0].size == (32, 32)
+    assert on.images("before")[1].tobytes() == off.images("after")[1].tobytes()
     grid = on.grid()
     assert grid.height >= 2 * 128 and grid.width >= 2 * 128  # 32 px images drawn at 128 px cells
 
