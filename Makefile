@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 # the project's base dependencies.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.spare-installed
+# Headless Chromium for the front-end extension's browser check (Debian's package).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast bench bench-full lint train-toy clean
 
@@ -20,12 +23,17 @@ $(STAMP): pyproject.toml requirements.txt
 demo: $(STAMP)
 	$(PY) -m spare_core.cli demo --out outputs
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	CHROMIUM=$(CHROMIUM) node --test tests/web/*.test.mjs
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 # The tests not marked slow (a few minutes).
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	node --test tests/web/*.test.mjs
 
 bench: $(STAMP)
 	$(PY) bench/toy_quality.py

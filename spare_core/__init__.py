@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "grid_image": "images",
     "plot_profile": "timesteps",
     "plot_saliency": "saliency",
+    "plot_losses": "plotting",
     "save_png": "fileio",
     "write_json": "fileio",
 }

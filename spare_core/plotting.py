@@ -24,3 +24,17 @@ def save_figure(fig, path: str | Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     write_bytes(path, buffer.getvalue())
+
+
+def plot_losses(losses: list[float], path: str | Path, title: str = "Training loss") -> None:
+    """The loss of every training step (log scale when it spans more than a decade), as a PNG."""
+    fig, ax = subplots(width=6.0, height=3.2)
+    steps = range(1, len(losses) + 1)
+    ax.plot(steps, losses, color="#1f77b4", linewidth=1.2)
+    positive = [v for v in losses if v > 0]
+    if positive and max(positive) > 10 * min(positive):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    save_figure(fig, path)

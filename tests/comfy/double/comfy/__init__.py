@@ -1,0 +1,1 @@
+"""Test double of ComfyUI's ``comfy`` package (see ``tests/comfy/SOURCES.md``). Never shipped."""
