@@ -36,6 +36,19 @@ class LoraBranch(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        # Adapter weights must be ordinary tensors that autograd tracks, even when the adapter is
+        # made inside torch.inference_mode() (every ComfyUI node runs there).
+        with torch.inference_mode(False):
+            self._build(base, rank, alpha, row_mask, generator)
+
+    def _build(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        row_mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> None:
         self.rank, self.alpha = rank, float(alpha)
         if isinstance(base, nn.Linear):
             self.kind = "linear"
@@ -127,7 +140,7 @@ class SparseLoRA(nn.Module):
                     f"LoRA weights for {name} have shapes {tuple(w.down.shape)}/{tuple(w.up.shape)}, "
                     f"the module needs {tuple(branch.down.shape)}/{tuple(branch.up.shape)}"
                 )
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():
                 branch.down.copy_(w.down.float())
                 branch.up.copy_(w.up.float())
             branches.append(branch)

@@ -207,11 +207,11 @@ class SelfDistillationTrainer:
         when the run is cancelled, so that it resumes where it stopped.
         """
         monitor = monitor or Monitor()
-        if checkpoint_path is not None and Path(checkpoint_path).exists():
-            self.load_checkpoint(checkpoint_path)
-            logger.info("resuming erasure training at step %d from %s", self.step, checkpoint_path)
         denoiser = self.backend.denoiser()
         with torch.inference_mode(False), normal_weights(denoiser):
+            if checkpoint_path is not None and Path(checkpoint_path).exists():
+                self.load_checkpoint(checkpoint_path)
+                logger.info("resuming erasure training at step %d from %s", self.step, checkpoint_path)
             while self.step < self.config.steps:
                 try:
                     monitor.check()

@@ -72,13 +72,19 @@ def run_stage(unique_id: str | None, call: Callable, *args, **kwargs):
     try:
         with torch.inference_mode(False):
             return call(*args, on_event=HostProgress(unique_id), cancel=cancel_token(), **kwargs)
-    except Exception as exc:
-        cancelled = isinstance(exc, engine.ErasureCancelled)
-        send(ERROR_MESSAGE, {"node": unique_id, "message": str(exc), "cancelled": cancelled})
+    except BaseException as exc:  # reported, never swallowed (ComfyUI's interrupt included)
+        if _is_interrupt(exc):
+            send(ERROR_MESSAGE, {"node": unique_id, "message": "interrupted", "cancelled": True})
+        else:
+            send(ERROR_MESSAGE, {"node": unique_id, "message": str(exc), "cancelled": False})
         raise
-    except BaseException:  # ComfyUI's interrupt (a BaseException): reported, never swallowed
-        send(ERROR_MESSAGE, {"node": unique_id, "message": "interrupted", "cancelled": True})
-        raise
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """ComfyUI's own interrupt (an Exception in some versions, a BaseException in others), or an engine cancel."""
+    import comfy.model_management
+
+    return isinstance(exc, (comfy.model_management.InterruptProcessingException, engine.ErasureCancelled))
 
 
 # --------------------------------------------------------------------------- pictures

@@ -52,12 +52,24 @@ def _concept_inputs(optional: bool = False) -> list[io.Input]:
     ]  # fmt: skip
 
 
-def _backend(model, clip) -> ComfyBackend:
-    return ComfyBackend(model, clip)
+#: Extra keyword arguments for every ComfyBackend the nodes make (tests use it to run the toy model).
+BACKEND_OPTIONS: dict = {}
 
 
-def _prepare(model, clip, unique_id, concepts: str, surrogates: str, **settings) -> ErasureData:
-    backend = _backend(model, clip)
+def _backend(model, clip, vae) -> ComfyBackend:
+    return ComfyBackend(model, clip, vae=vae, **BACKEND_OPTIONS)
+
+
+def _model_inputs() -> list[io.Input]:
+    return [
+        io.Model.Input("model"),
+        io.Clip.Input("clip"),
+        io.Vae.Input("vae", tooltip="the checkpoint's VAE: the sets are drawn as images and encoded with it"),
+    ]
+
+
+def _prepare(model, clip, vae, unique_id, concepts: str, surrogates: str, **settings) -> ErasureData:
+    backend = _backend(model, clip, vae)
     config = config_from_inputs(concepts, surrogates, base_model="comfyui", **settings)
     sets = host.run_stage(unique_id, engine.prepare_sets, backend, config)
     return ErasureData(config, sets)
@@ -74,8 +86,7 @@ class TimestepProfile(io.ComfyNode):
             category=CATEGORY,
             description=cls.__doc__,
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
+                *_model_inputs(),
                 *_concept_inputs(),
                 io.String.Input(
                     "prompts",
@@ -98,11 +109,13 @@ class TimestepProfile(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, concepts, surrogates, prompts="", retain_prompts="", **settings) -> io.NodeOutput:
+    def execute(
+        cls, model, clip, vae, concepts, surrogates, prompts="", retain_prompts="", **settings
+    ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         settings.update(forget_prompts=lines(prompts), retain_prompts=lines(retain_prompts))
-        data = _prepare(model, clip, unique_id, concepts, surrogates, **settings)
-        profile = host.run_stage(unique_id, engine.measure_profile, _backend(model, clip), data.config, data.sets)
+        data = _prepare(model, clip, vae, unique_id, concepts, surrogates, **settings)
+        profile = host.run_stage(unique_id, engine.measure_profile, _backend(model, clip, vae), data.config, data.sets)
         plot = host.plot_to_comfy(lambda path: engine.plot_profile(profile, path))
         return io.NodeOutput(data, profile, plot, ui=ui.PreviewImage(plot, cls=cls))
 
@@ -118,8 +131,7 @@ class ComputeSaliency(io.ComfyNode):
             category=CATEGORY,
             description=cls.__doc__,
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
+                *_model_inputs(),
                 SpareData.Input("data", optional=True, tooltip="the sets from SPARE Timestep Profile"),
                 *_concept_inputs(optional=True),
                 SpareProfile.Input("profile", optional=True),
@@ -130,12 +142,16 @@ class ComputeSaliency(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, data=None, concepts="", surrogates="", profile=None, **settings) -> io.NodeOutput:
+    def execute(
+        cls, model, clip, vae, data=None, concepts="", surrogates="", profile=None, **settings
+    ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         if data is None:
-            data = _prepare(model, clip, unique_id, concepts, surrogates)
+            data = _prepare(model, clip, vae, unique_id, concepts, surrogates)
         config = data.config.with_settings(**settings).validate()
-        saliency = host.run_stage(unique_id, engine.select_modules, _backend(model, clip), config, data.sets, profile)
+        saliency = host.run_stage(
+            unique_id, engine.select_modules, _backend(model, clip, vae), config, data.sets, profile
+        )
         chart = host.plot_to_comfy(lambda path: engine.plot_saliency(saliency, path, saliency.selected))
         return io.NodeOutput(saliency, chart, ui=ui.PreviewImage(chart, cls=cls))
 
@@ -152,8 +168,7 @@ class TrainAdapter(io.ComfyNode):
             description=cls.__doc__,
             is_output_node=True,
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
+                *_model_inputs(),
                 *_concept_inputs(optional=True),
                 SpareData.Input("data", optional=True, tooltip="the sets (and their settings) from the Profile node"),
                 SpareProfile.Input("profile", optional=True),
@@ -168,17 +183,21 @@ class TrainAdapter(io.ComfyNode):
                 io.String.Input("file_name", default="spare_erasure", tooltip="name of the LoRA under loras/spare/"),
                 *setting_inputs(),
             ],  # fmt: skip
-            outputs=[io.Model.Output("model"), SpareLora.Output("lora"), io.Image.Output("loss_curve")],
+            outputs=[
+                io.Model.Output("erased_model", display_name="MODEL"),
+                SpareLora.Output("lora"),
+                io.Image.Output("loss_curve"),
+            ],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(
-        cls, model, clip, concepts="", surrogates="", data=None, profile=None, saliency=None,
+        cls, model, clip, vae, concepts="", surrogates="", data=None, profile=None, saliency=None,
         retain_prompts="", file_name="spare_erasure", **settings,
     ) -> io.NodeOutput:  # fmt: skip
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
-        backend = _backend(model, clip)
+        backend = _backend(model, clip, vae)
         config = _train_config(data, saliency, concepts, surrogates, retain_prompts, settings)
         path = host.lora_destination(file_name)  # a bad name fails before any work
         result = host.run_stage(
@@ -235,7 +254,10 @@ class ApplySparseLoRA(io.ComfyNode):
                 SpareLora.Input("lora", optional=True, tooltip="wins over lora_name when connected"),
                 io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05),
             ],
-            outputs=[io.Model.Output("model"), io.Clip.Output("clip")],
+            outputs=[
+                io.Model.Output("patched_model", display_name="MODEL"),
+                io.Clip.Output("patched_clip", display_name="CLIP"),
+            ],
         )
 
     @classmethod

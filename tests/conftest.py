@@ -147,6 +147,61 @@ def sd15_backend(sd15_pipe):
     return DiffusersBackend(sd15_pipe)
 
 
+#: The ComfyUI test double (stand-ins for ``comfy``, ``comfy_api``, ``folder_paths``, ``server``).
+COMFY_DOUBLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "comfy", "double")
+
+
+@pytest.fixture(scope="session")
+def comfy_double(tmp_path_factory):
+    """The ComfyUI test double on ``sys.path`` (``tests/comfy/double``); returns its builder module ``comfy_double``.
+
+    Its folders (models/loras, output, temp, input) live in a temporary directory.
+    """
+    import sys
+
+    if COMFY_DOUBLE_DIR not in sys.path:
+        sys.path.insert(0, COMFY_DOUBLE_DIR)
+    import comfy_double
+
+    comfy_double.configure(tmp_path_factory.mktemp("comfyui"))
+    return comfy_double
+
+
+@pytest.fixture(scope="session")
+def comfy_toy(comfy_double, toy_pipe):
+    """The toy model as ComfyUI would hand it over: (MODEL, CLIP, VAE) around inference-mode copies of its parts.
+
+    v-prediction on the toy's squaredcos_cap_v2 schedule; the UNet keeps its diffusers config in ``unet.config``.
+    """
+    import copy
+
+    import torch
+
+    with torch.inference_mode():
+        unet = comfy_double.inference_copy(copy.deepcopy(toy_pipe.unet))
+        text_encoder = comfy_double.inference_copy(copy.deepcopy(toy_pipe.text_encoder))
+        vae = comfy_double.inference_copy(copy.deepcopy(toy_pipe.vae))
+        model = comfy_double.wrap_unet(
+            unet, prediction="v", beta_schedule="squaredcos_cap_v2", scale_factor=toy_pipe.vae.config.scaling_factor
+        )
+        return model, comfy_double.wrap_clip(text_encoder, toy_pipe.tokenizer), comfy_double.wrap_vae(vae)
+
+
+@pytest.fixture(scope="session")
+def comfy_sd15(comfy_double, sd15_pipe):
+    """The SD1.5-shaped pipeline as (MODEL, CLIP, VAE): EPS on SD's "linear" (diffusers scaled_linear) schedule.
+
+    It wraps ``sd15_pipe``'s own modules (no second 3.4 GB copy), so its weights are not inference tensors;
+    tests must not add patches to this MODEL.
+    """
+    import torch
+
+    with torch.inference_mode():
+        model = comfy_double.wrap_unet(sd15_pipe.unet, prediction="eps", beta_schedule="linear")
+        clip = comfy_double.wrap_clip(sd15_pipe.text_encoder, sd15_pipe.tokenizer)
+        return model, clip, comfy_double.wrap_vae(sd15_pipe.vae)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With CI=true a skipped test fails: a test whose tool is missing must not skip its way to green."""

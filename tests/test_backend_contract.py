@@ -60,7 +60,14 @@ class Case:
 
 
 SLOW = pytest.mark.slow
-BACKENDS = ["fake", "toy", pytest.param("sd15", marks=SLOW)]
+BACKENDS = [
+    "fake",
+    "toy",
+    pytest.param("sd15", marks=SLOW),
+    # The ComfyUI backend (spare_nodes/comfy_backend.py) over the ComfyUI test double (tests/comfy/double).
+    "comfy_toy",
+    pytest.param("comfy_sd15", marks=SLOW),
+]
 #: Backends whose noising and prediction are checked: the above plus an SD2-style v-prediction variant.
 PREDICTION_BACKENDS = [*BACKENDS, pytest.param("sd15v", marks=SLOW)]
 
@@ -206,6 +213,111 @@ def sd15v_case(sd15_pipe) -> Case:
         domain=None,
     )
     assert case.prediction_type == "v_prediction"
+    return case
+
+
+def _comfy_case(comfy_double, parts, reference_pipe, **fields) -> Case:
+    """The ComfyUI backend over a MODEL/CLIP/VAE of the double; references from ComfyUI's formulas and diffusers.
+
+    Noising reference: ComfyUI's own forward process for the timestep's sigma, ``noise_scaling`` (x0 + sigma
+    noise) then ``calculate_input`` (/ sqrt(sigma^2 + 1)), from the double's ``model_sampling``. Raw output:
+    the wrapped diffusers UNet itself. v is read with the diffusers scheduler of the same weights.
+    """
+    from diffusers import DDPMScheduler
+
+    from spare_nodes.comfy_backend import ComfyBackend
+
+    model, clip, vae = parts
+    sampling = model.get_model_object("model_sampling")
+    unet = model.model.diffusion_model._diffusers
+
+    def add_noise(x0, noise, t):
+        sigma = sampling.sigmas[t]
+        return sampling.calculate_input(sigma, sampling.noise_scaling(sigma, noise, x0))
+
+    def raw(x_t, t, cond):
+        return unet(x_t, t, encoder_hidden_states=cond.hidden_states).sample
+
+    scheduler = reference_pipe.scheduler
+    get_velocity = getattr(scheduler, "get_velocity", None) or DDPMScheduler.from_config(scheduler.config).get_velocity
+    backend_args = fields.pop("backend_args")
+    with torch.inference_mode():
+        backend = ComfyBackend(model, clip, vae, **backend_args)
+    return Case(
+        backend=backend,
+        reference_add_noise=add_noise,
+        raw_output=raw,
+        prediction_type=scheduler.config.prediction_type,
+        alphas_cumprod=scheduler.alphas_cumprod.float(),
+        velocity=get_velocity,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        extras=(),
+        **fields,
+    )
+
+
+#: CompVis module names -> kohya names in the diffusers spelling SD1 files use (toy layout: one
+#: ResBlock per level, levels Down / CrossAttnDown / CrossAttnDown), written out by hand.
+COMFY_TOY_KOHYA = {
+    "input_blocks.0.0": "lora_unet_conv_in",
+    "input_blocks.3.1.transformer_blocks.0.attn2.to_k": "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k",
+    "middle_block.0.in_layers.2": "lora_unet_mid_block_resnets_0_conv1",
+    "output_blocks.1.1.transformer_blocks.0.attn2.to_out.0": (
+        "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn2_to_out_0"
+    ),
+    "input_blocks.2.0.op": "lora_unet_down_blocks_0_downsamplers_0_conv",
+}
+
+
+@pytest.fixture(scope="module")
+def comfy_toy_case(comfy_double, comfy_toy, toy_pipe) -> Case:
+    from spare_core.toy.domain import ToyDomain
+
+    return _comfy_case(
+        comfy_double,
+        comfy_toy,
+        toy_pipe,
+        backend_args=dict(arch="toy", domain=ToyDomain(), image_size=32),
+        kohya=COMFY_TOY_KOHYA,
+        train_modules=["input_blocks.3.1.transformer_blocks.0.attn2.to_k", "middle_block.0.in_layers.2"],
+        prompts=TOY_PROMPTS,
+        sample_steps=3,
+        guidance=5.0,
+        domain=ToyDomain,
+    )
+
+
+#: SD1.5 block numbering (ComfyUI comfy/utils.py unet_to_diffusers), written out by hand.
+COMFY_SD15_KOHYA = {
+    "input_blocks.1.1.transformer_blocks.0.attn2.to_k": "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+    "middle_block.0.in_layers.2": "lora_unet_mid_block_resnets_0_conv1",
+    "time_embed.0": "lora_unet_time_embedding_linear_1",
+    "output_blocks.11.1.transformer_blocks.0.attn2.to_out.0": (
+        "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0"
+    ),
+    "input_blocks.4.0.skip_connection": "lora_unet_down_blocks_1_resnets_0_conv_shortcut",
+    "output_blocks.5.2.conv": "lora_unet_up_blocks_1_upsamplers_0_conv",
+}
+
+
+@pytest.fixture(scope="module")
+def comfy_sd15_case(comfy_double, comfy_sd15, sd15_pipe) -> Case:
+    case = _comfy_case(
+        comfy_double,
+        comfy_sd15,
+        sd15_pipe,
+        backend_args=dict(image_size=64),
+        kohya=COMFY_SD15_KOHYA,
+        train_modules=[
+            "output_blocks.11.1.transformer_blocks.0.attn2.to_k",
+            "output_blocks.11.1.transformer_blocks.0.attn2.to_out.0",
+        ],
+        prompts=TOY_PROMPTS,
+        sample_steps=2,
+        guidance=3.0,
+        domain=None,
+    )
+    assert case.backend.arch == "sd1"  # detected from the MODEL's unet_config, not given
     return case
 
 

@@ -12,17 +12,16 @@ import inspect
 import os
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 import comfy.latent_formats
 import comfy.model_management
 import comfy.utils
 import folder_paths
 import server
+import torch
 from comfy.model_base import BaseModel, ModelType
 from comfy.model_patcher import ModelPatcher
 from comfy.sd import CLIP, VAE, _ClipModel, _Tokenizer
+from torch import nn
 
 # ---------------------------------------------------------------- the UNet in CompVis names
 
@@ -57,7 +56,9 @@ class CompvisUNet(nn.Module):
     def __init__(self, unet: nn.Module):
         super().__init__()
         object.__setattr__(self, "_diffusers", unet)  # not registered: only CompVis names are visible
-        self.time_embed = nn.Sequential(unet.time_embedding.linear_1, unet.time_embedding.act, unet.time_embedding.linear_2)
+        self.time_embed = nn.Sequential(
+            unet.time_embedding.linear_1, unet.time_embedding.act, unet.time_embedding.linear_2
+        )
         blocks = [nn.ModuleList([unet.conv_in])]
         for down in unet.down_blocks:
             attentions = getattr(down, "attentions", None)

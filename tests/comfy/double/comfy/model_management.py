@@ -50,7 +50,9 @@ def cleanup_models_gc() -> None:
     pass
 
 
-def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False):
+def load_models_gpu(
+    models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False
+):
     for patcher in models:
         for other in list(current_loaded_models):
             if other is not patcher and other.model is patcher.model:

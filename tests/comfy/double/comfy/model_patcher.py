@@ -17,6 +17,7 @@ import torch
 
 from . import lora, utils
 
+
 def _set_device(model, device) -> None:
     """ComfyUI's models carry a plain ``device`` attribute; a diffusers model has a read-only property."""
     try:
@@ -84,7 +85,9 @@ class ModelPatcher:
         model_sd = self.model.state_dict()
         taken = []
         for k, v in patches.items():
-            key, offset, function = (k, None, None) if isinstance(k, str) else (k[0], k[1], k[2] if len(k) > 2 else None)
+            key, offset, function = (
+                (k, None, None) if isinstance(k, str) else (k[0], k[1], k[2] if len(k) > 2 else None)
+            )
             if key in model_sd:
                 taken.append(k)
                 self.patches.setdefault(key, []).append((strength_patch, v, strength_model, offset, function))

@@ -63,9 +63,7 @@ def make_beta_schedule(schedule: str, n_timestep: int, linear_start=1e-4, linear
         def alpha_bar(t: float) -> float:
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        betas = [
-            min(1 - alpha_bar((i + 1) / n_timestep) / alpha_bar(i / n_timestep), 0.999) for i in range(n_timestep)
-        ]
+        betas = [min(1 - alpha_bar((i + 1) / n_timestep) / alpha_bar(i / n_timestep), 0.999) for i in range(n_timestep)]
         return torch.tensor(betas, dtype=torch.float64)
     raise ValueError(f"schedule '{schedule}' unknown.")
 

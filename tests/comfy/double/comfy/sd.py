@@ -89,7 +89,15 @@ class _ClipModel(torch.nn.Module):
 
 
 class CLIP:
-    def __init__(self, target=None, embedding_directory=None, no_init=False, tokenizer_data=None, parameters=0, model_options=None):
+    def __init__(
+        self,
+        target=None,
+        embedding_directory=None,
+        no_init=False,
+        tokenizer_data=None,
+        parameters=0,
+        model_options=None,
+    ):
         if no_init:
             return
         raise NotImplementedError("the double builds CLIP objects with comfy_double.wrap_clip")

@@ -56,10 +56,9 @@ _RESNET = {  # CompVis ResBlock part -> diffusers ResnetBlock2D part
     "skip_connection": "conv_shortcut",
 }
 _ATTENTION = ("proj_in", "proj_out", "norm")
-_TRANSFORMER = (
-    ["norm1", "norm2", "norm3", "ff.net.0.proj", "ff.net.2"]
-    + [f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")]
-)
+_TRANSFORMER = ["norm1", "norm2", "norm3", "ff.net.0.proj", "ff.net.2"] + [
+    f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")
+]
 _BASIC = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",

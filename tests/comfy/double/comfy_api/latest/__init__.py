@@ -9,7 +9,7 @@ from . import _ui as ui
 
 
 class ComfyExtension(ABC):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # noqa: B027 (not abstract in ComfyUI either)
         """Called when the extension is loaded."""
 
     @abstractmethod

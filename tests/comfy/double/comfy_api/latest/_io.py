@@ -64,7 +64,9 @@ class _IO_V3:
 
 
 class Input(_IO_V3):
-    def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None, extra_dict=None):
+    def __init__(
+        self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None, extra_dict=None
+    ):
         self.id = id
         self.display_name = display_name
         self.optional = optional
@@ -82,8 +84,19 @@ class Input(_IO_V3):
 
 
 class WidgetInput(Input):
-    def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                 default: Any = None, socketless: bool = None, widget_type: str = None, force_input: bool = None, extra_dict=None):
+    def __init__(
+        self,
+        id: str,
+        display_name: str = None,
+        optional=False,
+        tooltip: str = None,
+        lazy: bool = None,
+        default: Any = None,
+        socketless: bool = None,
+        widget_type: str = None,
+        force_input: bool = None,
+        extra_dict=None,
+    ):
         super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
         self.default = default
         self.socketless = socketless
@@ -92,7 +105,12 @@ class WidgetInput(Input):
 
     def as_dict(self):
         return super().as_dict() | prune_dict(
-            {"default": self.default, "socketless": self.socketless, "widgetType": self.widget_type, "forceInput": self.force_input}
+            {
+                "default": self.default,
+                "socketless": self.socketless,
+                "widgetType": self.widget_type,
+                "forceInput": self.force_input,
+            }
         )
 
 
@@ -104,7 +122,9 @@ class Output(_IO_V3):
         self.is_output_list = is_output_list
 
     def as_dict(self):
-        return prune_dict({"display_name": self.display_name, "tooltip": self.tooltip, "is_output_list": self.is_output_list})
+        return prune_dict(
+            {"display_name": self.display_name, "tooltip": self.tooltip, "is_output_list": self.is_output_list}
+        )
 
     def get_io_type(self):
         return self.io_type
@@ -133,8 +153,19 @@ class Boolean(ComfyTypeIO):
     Type = bool
 
     class Input(WidgetInput):
-        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                     default: bool = None, label_on: str = None, label_off: str = None, socketless: bool = None, force_input: bool = None):
+        def __init__(
+            self,
+            id: str,
+            display_name: str = None,
+            optional=False,
+            tooltip: str = None,
+            lazy: bool = None,
+            default: bool = None,
+            label_on: str = None,
+            label_off: str = None,
+            socketless: bool = None,
+            force_input: bool = None,
+        ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
             self.label_on = label_on
             self.label_off = label_off
@@ -148,20 +179,37 @@ class Int(ComfyTypeIO):
     Type = int
 
     class Input(WidgetInput):
-        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                     default: int = None, min: int = None, max: int = None, step: int = None, control_after_generate: bool = None,
-                     display_mode: NumberDisplay = None, socketless: bool = None, force_input: bool = None):
+        def __init__(
+            self,
+            id: str,
+            display_name: str = None,
+            optional=False,
+            tooltip: str = None,
+            lazy: bool = None,
+            default: int = None,
+            min: int = None,
+            max: int = None,
+            step: int = None,
+            control_after_generate: bool = None,
+            display_mode: NumberDisplay = None,
+            socketless: bool = None,
+            force_input: bool = None,
+        ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
             self.min, self.max, self.step = min, max, step
             self.control_after_generate = control_after_generate
             self.display_mode = display_mode
 
         def as_dict(self):
-            return super().as_dict() | prune_dict({
-                "min": self.min, "max": self.max, "step": self.step,
-                "control_after_generate": self.control_after_generate,
-                "display": self.display_mode.value if self.display_mode else None,
-            })
+            return super().as_dict() | prune_dict(
+                {
+                    "min": self.min,
+                    "max": self.max,
+                    "step": self.step,
+                    "control_after_generate": self.control_after_generate,
+                    "display": self.display_mode.value if self.display_mode else None,
+                }
+            )
 
 
 @comfytype(io_type="FLOAT")
@@ -169,17 +217,36 @@ class Float(ComfyTypeIO):
     Type = float
 
     class Input(WidgetInput):
-        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                     default: float = None, min: float = None, max: float = None, step: float = None, round: float = None,
-                     display_mode: NumberDisplay = None, socketless: bool = None, force_input: bool = None):
+        def __init__(
+            self,
+            id: str,
+            display_name: str = None,
+            optional=False,
+            tooltip: str = None,
+            lazy: bool = None,
+            default: float = None,
+            min: float = None,
+            max: float = None,
+            step: float = None,
+            round: float = None,
+            display_mode: NumberDisplay = None,
+            socketless: bool = None,
+            force_input: bool = None,
+        ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
             self.min, self.max, self.step, self.round = min, max, step, round
             self.display_mode = display_mode
 
         def as_dict(self):
-            return super().as_dict() | prune_dict({
-                "min": self.min, "max": self.max, "step": self.step, "round": self.round, "display": self.display_mode,
-            })
+            return super().as_dict() | prune_dict(
+                {
+                    "min": self.min,
+                    "max": self.max,
+                    "step": self.step,
+                    "round": self.round,
+                    "display": self.display_mode,
+                }
+            )
 
 
 @comfytype(io_type="STRING")
@@ -187,9 +254,20 @@ class String(ComfyTypeIO):
     Type = str
 
     class Input(WidgetInput):
-        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                     multiline=False, placeholder: str = None, default: str = None, dynamic_prompts: bool = None,
-                     socketless: bool = None, force_input: bool = None):
+        def __init__(
+            self,
+            id: str,
+            display_name: str = None,
+            optional=False,
+            tooltip: str = None,
+            lazy: bool = None,
+            multiline=False,
+            placeholder: str = None,
+            default: str = None,
+            dynamic_prompts: bool = None,
+            socketless: bool = None,
+            force_input: bool = None,
+        ):
             super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
             self.multiline = multiline
             self.placeholder = placeholder
@@ -206,9 +284,21 @@ class Combo(ComfyTypeIO):
     Type = str
 
     class Input(WidgetInput):
-        def __init__(self, id: str, options: list[str] | list[int] | type[Enum] = None, display_name: str = None,
-                     optional=False, tooltip: str = None, lazy: bool = None, default: str | int | Enum = None,
-                     control_after_generate: bool = None, upload=None, image_folder=None, remote=None, socketless: bool = None):
+        def __init__(
+            self,
+            id: str,
+            options: list[str] | list[int] | type[Enum] = None,
+            display_name: str = None,
+            optional=False,
+            tooltip: str = None,
+            lazy: bool = None,
+            default: str | int | Enum = None,
+            control_after_generate: bool = None,
+            upload=None,
+            image_folder=None,
+            remote=None,
+            socketless: bool = None,
+        ):
             if isinstance(options, type) and issubclass(options, Enum):
                 options = [v.value for v in options]
             if isinstance(default, Enum):
@@ -220,9 +310,13 @@ class Combo(ComfyTypeIO):
             self.upload, self.image_folder, self.remote = upload, image_folder, remote
 
         def as_dict(self):
-            return super().as_dict() | prune_dict({
-                "multiselect": self.multiselect, "options": self.options, "control_after_generate": self.control_after_generate,
-            })
+            return super().as_dict() | prune_dict(
+                {
+                    "multiselect": self.multiselect,
+                    "options": self.options,
+                    "control_after_generate": self.control_after_generate,
+                }
+            )
 
 
 @comfytype(io_type="IMAGE")
@@ -317,7 +411,9 @@ class Schema:
         if len(set(inputs)) != len(inputs):
             issues.append(f"Input ids must be unique, but {[k for k, c in Counter(inputs).items() if c > 1]} are not.")
         if len(set(outputs)) != len(outputs):
-            issues.append(f"Output ids must be unique, but {[k for k, c in Counter(outputs).items() if c > 1]} are not.")
+            issues.append(
+                f"Output ids must be unique, but {[k for k, c in Counter(outputs).items() if c > 1]} are not."
+            )
         both = set(inputs) & set(outputs)
         if both:
             issues.append(f"Ids must be unique between inputs and outputs, but {both} are not.")
@@ -380,8 +476,13 @@ class ComfyNode:
     @classmethod
     def GET_SCHEMA(cls) -> Schema:
         schema = cls.define_schema()
-        schema.validate()
         schema.finalize()
+        schema.validate()
+        outputs = schema.outputs or []
+        cls.RETURN_TYPES = tuple(o.io_type for o in outputs)
+        cls.RETURN_NAMES = tuple(o.display_name or o.io_type for o in outputs)
+        cls.OUTPUT_NODE = schema.is_output_node
+        cls.CATEGORY = schema.category
         cls.SCHEMA = schema
         return schema
 

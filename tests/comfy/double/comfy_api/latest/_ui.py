@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import random
 
+import folder_paths
 import numpy as np
 from PIL import Image
-
-import folder_paths
 
 from ._io import _UIOutput
 
