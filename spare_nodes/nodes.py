@@ -56,8 +56,18 @@ def _concept_inputs(optional: bool = False) -> list[io.Input]:
 BACKEND_OPTIONS: dict = {}
 
 
-def _backend(model, clip, vae) -> ComfyBackend:
-    return ComfyBackend(model, clip, vae=vae, **BACKEND_OPTIONS)
+def _backend(model, clip, vae, image_size: int = 0) -> ComfyBackend:
+    options = dict(BACKEND_OPTIONS)
+    if image_size:
+        options.setdefault("image_size", image_size)
+    return ComfyBackend(model, clip, vae=vae, **options)
+
+
+def _image_size_input() -> io.Input:
+    return io.Int.Input(
+        "image_size", default=512, min=64, max=2048, step=64, optional=True,
+        tooltip="side in pixels of the images drawn for the sets (512 for SD 1.x, 768 for SD 2.x 768-v models)",
+    )  # fmt: skip
 
 
 def _model_inputs() -> list[io.Input]:
@@ -68,8 +78,10 @@ def _model_inputs() -> list[io.Input]:
     ]
 
 
-def _prepare(model, clip, vae, unique_id, concepts: str, surrogates: str, **settings) -> ErasureData:
-    backend = _backend(model, clip, vae)
+def _prepare(
+    model, clip, vae, unique_id, concepts: str, surrogates: str, image_size: int = 0, **settings
+) -> ErasureData:
+    backend = _backend(model, clip, vae, image_size)
     config = config_from_inputs(concepts, surrogates, base_model="comfyui", **settings)
     sets = host.run_stage(unique_id, engine.prepare_sets, backend, config)
     return ErasureData(config, sets)
@@ -102,6 +114,7 @@ class TimestepProfile(io.ComfyNode):
                     default="",
                     tooltip="prompts that must not change, one per line (empty: automatic)",
                 ),
+                _image_size_input(),
                 *setting_inputs(DATA_SETTINGS),
             ],  # fmt: skip
             outputs=[SpareData.Output("data"), SpareProfile.Output("profile"), io.Image.Output("plot")],
@@ -181,6 +194,7 @@ class TrainAdapter(io.ComfyNode):
                     tooltip="prompts that must not change, one per line (empty: automatic)",
                 ),
                 io.String.Input("file_name", default="spare_erasure", tooltip="name of the LoRA under loras/spare/"),
+                _image_size_input(),
                 *setting_inputs(),
             ],  # fmt: skip
             outputs=[
@@ -194,10 +208,10 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, vae, concepts="", surrogates="", data=None, profile=None, saliency=None,
-        retain_prompts="", file_name="spare_erasure", **settings,
+        retain_prompts="", file_name="spare_erasure", image_size=0, **settings,
     ) -> io.NodeOutput:  # fmt: skip
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
-        backend = _backend(model, clip, vae)
+        backend = _backend(model, clip, vae, image_size)
         config = _train_config(data, saliency, concepts, surrogates, retain_prompts, settings)
         path = host.lora_destination(file_name)  # a bad name fails before any work
         result = host.run_stage(

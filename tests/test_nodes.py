@@ -83,10 +83,11 @@ def _model_output(comfy_double, model, clip):
 
 @pytest.mark.slow
 def test_a_whole_erasure_through_the_nodes_erases_and_leaves_the_input_model_alone(
-    pack, comfy_double, comfy_toy, toy_backend, toy_classifiers
+    pack, comfy_double, comfy_toy, toy_backend, toy_classifiers, tmp_path
 ):
     import server
 
+    comfy_double.configure(tmp_path)  # an empty models folder, no messages yet
     model, clip, vae = comfy_toy
     before = _model_output(comfy_double, model, clip)
     common = dict(model=model, clip=clip, vae=vae)
