@@ -31,6 +31,7 @@ from .domain import Domain, GenericDomain
 from .events import CancelToken, EventCallback, Monitor
 from .fileio import save_safetensors
 from .image_folder import load_image_folder, round_robin_index
+from .images import fit_images
 from .prompts import PromptSet, build_prompt_set
 from .saliency import Saliency, compute_saliency
 from .timesteps import TimestepProfile, TimestepSampler, compute_profile, default_grid
@@ -145,14 +146,20 @@ def prepare_sets(
     cache_dir: str | Path | None = None,
     on_event: EventCallback | None = None,
     cancel: CancelToken | None = None,
+    forget_images: torch.Tensor | None = None,
 ) -> ErasureSets:
     """Stage 0: the prompt set, and the forget, surrogate and retain images as latents.
 
-    Images the frozen model draws for the prompts (or the user's folders), in
-    batches of ``config.generation_batch_size``. With ``cache_dir`` each drawn
-    set is kept, keyed by everything that shapes it, and re-used; a cancelled
-    run leaves no partial set there.
+    Images the frozen model draws for the prompts (or the user's own: the
+    folders the config names, or ``forget_images``, ``[N, 3, H, W]`` in
+    [-1, 1], centre-cropped and resized to the model's size; image ``i`` goes
+    with forget prompt ``i mod n``), drawn in batches of
+    ``config.generation_batch_size``. With ``cache_dir`` each drawn set is
+    kept, keyed by everything that shapes it, and re-used; a cancelled run
+    leaves no partial set there.
     """
+    if forget_images is not None and config.forget_image_dir:
+        raise ValueError("give your forget images either as forget_images or as forget_image_dir, not both")
     config.validate()
     monitor = Monitor(on_event, cancel)
     prompts = build_prompt_set(config, _domain_of(backend, domain))
@@ -161,12 +168,17 @@ def prepare_sets(
     if config.surrogate_images_per_prompt > 0:
         plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt, ""))
     plan.append(("retain", prompts.retain, per_retain, config.retain_image_dir))
-    total = sum(len(p) * n for _, p, n, folder in plan if not folder)
+    total = sum(
+        len(p) * n for kind, p, n, folder in plan if not folder and not (kind == "forget" and forget_images is not None)
+    )
     drawer = _SetDrawer(backend, config, monitor, total)
     monitor.emit("data", 0, total, message="drawing the forget, surrogate and retain images")
     tensors: dict[str, torch.Tensor] = {}
     for kind, prompt_list, per_prompt, folder in plan:
-        if folder:
+        if kind == "forget" and forget_images is not None:
+            latents = _encode(backend, fit_images(forget_images, backend.image_size))
+            index = round_robin_index(len(latents), len(prompt_list))
+        elif folder:
             latents, index = _folder_latents(backend, folder, prompt_list)
         else:
             latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
@@ -208,10 +220,14 @@ def _drawn_latents(
 
 def _folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The user's images in ``folder`` as latents, paired with ``prompts`` in turn."""
-    images = load_image_folder(folder, backend.image_size)
-    latents = torch.cat([backend.encode_images(chunk).float().cpu() for chunk in images.split(16)])
+    latents = _encode(backend, load_image_folder(folder, backend.image_size))
     logger.info("read %d images from %s", len(latents), folder)
     return latents, round_robin_index(len(latents), len(prompts))
+
+
+def _encode(backend: DiffusionBackend, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as latents on the CPU, 16 at a time."""
+    return torch.cat([backend.encode_images(chunk).float().cpu() for chunk in images.split(16)])
 
 
 # --------------------------------------------------------------------------- stage 1: the timestep profile
@@ -452,12 +468,16 @@ def erase(
     sets: ErasureSets | None = None,
     profile: TimestepProfile | None = None,
     saliency: Saliency | None = None,
+    forget_images: torch.Tensor | None = None,
 ) -> ErasureResult:
     """Run every stage in order (re-using any stage result given) and return the trained adapter.
 
     A given ``profile`` or ``saliency`` is checked against this erasure's
-    prompts and settings first.
+    prompts and settings first. ``forget_images`` are the user's own images
+    of the concept (see :func:`prepare_sets`).
     """
+    if sets is not None and forget_images is not None:
+        raise ValueError("forget_images are used to make the sets: give them or the sets, not both")
     config.validate()
     seconds: dict[str, float] = {}
 
@@ -474,7 +494,15 @@ def erase(
     if sets is None:
         sets = timed(
             "data",
-            lambda: prepare_sets(backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel),
+            lambda: prepare_sets(
+                backend,
+                config,
+                domain=domain,
+                cache_dir=cache_dir,
+                on_event=on_event,
+                cancel=cancel,
+                forget_images=forget_images,
+            ),
         )
     if profile is None and config.timestep_mode == "profile":
         profile = timed("profile", lambda: measure_profile(backend, config, sets, on_event=on_event, cancel=cancel))

@@ -57,3 +57,16 @@ def grid_image(
             if marks is not None and bool(marks[r * cols + c]):
                 draw.rectangle([x, y, x + cell_w - 1, y + cell_h - 1], outline="red", width=2)
     return canvas
+
+
+def fit_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, 3, H, W]`` images centre-cropped to a square and resized to ``size`` px (as user folders are)."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = images[..., top : top + side, left : left + side].float()
+    if side == size:
+        return square
+    return torch.nn.functional.interpolate(square, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)

@@ -193,6 +193,11 @@ class TrainAdapter(io.ComfyNode):
                     default="",
                     tooltip="prompts that must not change, one per line (empty: automatic)",
                 ),
+                io.Image.Input(
+                    "forget_images",
+                    optional=True,
+                    tooltip="your own images of the concept, used instead of generated ones (without SPARE_DATA)",
+                ),
                 io.String.Input("file_name", default="spare_erasure", tooltip="name of the LoRA under loras/spare/"),
                 _image_size_input(),
                 *setting_inputs(),
@@ -208,15 +213,18 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, vae, concepts="", surrogates="", data=None, profile=None, saliency=None,
-        retain_prompts="", file_name="spare_erasure", image_size=0, **settings,
+        retain_prompts="", file_name="spare_erasure", image_size=0, forget_images=None, **settings,
     ) -> io.NodeOutput:  # fmt: skip
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
+        if data is not None and forget_images is not None:
+            raise ValueError("forget_images make new sets: disconnect either SPARE_DATA or the forget images")
         backend = _backend(model, clip, vae, image_size)
         config = _train_config(data, saliency, concepts, surrogates, retain_prompts, settings)
         path = host.lora_destination(file_name)  # a bad name fails before any work
         result = host.run_stage(
             unique_id, engine.erase, backend, config,
             sets=data.sets if data is not None else None, profile=profile, saliency=saliency,
+            forget_images=host.from_comfy_images(forget_images) if forget_images is not None else None,
         )  # fmt: skip
         lora = engine.build_lora(result, backend)
         lora.write(path)

@@ -78,3 +78,20 @@ def test_forget_images_from_a_folder_replace_generated_ones(toy_backend, tmp_pat
     assert torch.allclose(data.forget_latents, expected)
     assert data.forget_prompt_index.tolist() == [k % len(prompts.forget) for k in range(len(colours))]
     assert len(data.retain_latents) >= 4  # the retain set is still generated
+
+
+def test_forget_images_given_as_a_batch_are_fitted_encoded_and_paired(toy_backend):
+    from spare_core.images import fit_images
+
+    wide = torch.linspace(-1, 1, 3 * 40 * 64).view(1, 3, 40, 64).repeat(3, 1, 1, 1)
+    wide[1] *= -1
+    config = ErasureConfig(
+        concepts=[ConceptPair("red", "plain")], surrogate_images_per_prompt=0, retain_images=4, sample_steps=2
+    ).validate()
+    sets = prepare_sets(toy_backend, config, forget_images=wide)
+    fitted = fit_images(wide, toy_backend.image_size)
+    assert fitted.shape == (3, 3, 32, 32)
+    assert torch.allclose(sets.data.forget_latents, toy_backend.encode_images(fitted).float())
+    assert sets.data.forget_prompt_index.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="not both"):
+        prepare_sets(toy_backend, config.with_settings(forget_image_dir="/x"), forget_images=wide)

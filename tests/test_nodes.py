@@ -117,6 +117,10 @@ def test_a_whole_erasure_through_the_nodes_erases_and_leaves_the_input_model_alo
     ) in messages
     stages = {data["stage"] for event, data in messages if event == "spare.progress"}
     assert stages == {"data", "profile", "saliency", "train"}
+    import comfy.utils
+
+    # ComfyUI's progress bar went through every stage: 120 training steps among its updates.
+    assert (120, 120, None, None) in comfy.utils.progress_calls and len(comfy.utils.progress_calls) > 120
 
     # The file erases red on the toy model (judged on the diffusers path with the toy classifiers).
     seeds = [21, 22, 23, 24]
@@ -222,3 +226,17 @@ def test_the_example_workflow_uses_real_nodes_matching_links_and_one_seed(pack):
     seeds = {n["widgets_values"][0] for n in nodes.values() if n["type"] == "KSampler"}
     assert len([n for n in nodes.values() if n["type"] == "KSampler"]) == 2 and len(seeds) == 1
     assert EVAL_TEMPLATE  # the toy template is unrelated; the workflow targets a real checkpoint
+
+
+def test_the_train_node_takes_the_users_own_forget_images(pack, comfy_double, comfy_toy, tmp_path):
+    comfy_double.configure(tmp_path)
+    model, clip, vae = comfy_toy
+    images = torch.rand(4, 48, 40, 3)  # a ComfyUI IMAGE batch of another size than the model's
+    inputs = dict(model=model, clip=clip, vae=vae, concepts="yellow", surrogates="plain", file_name="own images")
+    patched, lora, curve = _run(comfy_double, pack["SPARE_TrainAdapter"], **inputs, forget_images=images,
+                                **TINY_SETTINGS).result  # fmt: skip
+    assert lora.config().concepts[0].concept == "yellow" and len(lora.layers()) == 12
+    assert [p.name for p in _loras(comfy_double)] == ["own_images.safetensors"]
+    data = object()
+    with pytest.raises(ValueError, match="disconnect either"):
+        _run(comfy_double, pack["SPARE_TrainAdapter"], **inputs, data=data, forget_images=images)
