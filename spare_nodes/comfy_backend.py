@@ -105,6 +105,16 @@ def _equal_length(parts: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.repeat(1, common // p.shape[1], 1) for p in parts]
 
 
+def _runs(prompts: Sequence[str], limit: int) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal consecutive prompts, at most ``limit`` long."""
+    runs, start = [], 0
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start] or i - start == limit:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
 class ComfyBackend:
     """A ComfyUI MODEL + CLIP (+ VAE) as a :class:`spare_core.backend.DiffusionBackend`."""
 
@@ -119,9 +129,12 @@ class ComfyBackend:
         arch: str | None = None,
         image_size: int | None = None,
         unet_config: Mapping[str, Any] | None = None,
+        sampler_name: str = "euler",
+        scheduler: str = "normal",
     ):
         import comfy.model_management
 
+        self.sampler_name, self.scheduler = sampler_name, scheduler
         self.model = model
         self.clip = clip
         self.vae = vae
@@ -221,18 +234,9 @@ class ComfyBackend:
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Model latents to images [N, 3, H, W] in [-1, 1]."""
-        pixels = self._need_vae().decode(self.model.model.process_latent_out(latents.float()))
+        """VAE-space latents (what ``comfy.sample.sample`` returns) to images [N, 3, H, W] in [-1, 1]."""
+        pixels = self._need_vae().decode(latents.float())
         return pixels.movedim(-1, 1).float().cpu() * 2 - 1
-
-    def sampling_sigmas(self, steps: int) -> torch.Tensor:
-        """ComfyUI's "normal" scheduler (``comfy/samplers.py`` ``normal_scheduler``): ``steps`` sigmas from
-        sigma_max to sigma_min evenly spaced in timestep, then 0."""
-        ms = self._model_sampling()
-        start = float(ms.timestep(ms.sigma_max))
-        end = float(ms.timestep(ms.sigma_min))
-        timesteps = torch.linspace(start, end, steps)
-        return torch.tensor([float(ms.sigma(ts)) for ts in timesteps] + [0.0], dtype=torch.float64)
 
     @torch.no_grad()
     def sample(
@@ -243,43 +247,33 @@ class ComfyBackend:
         guidance_scale: float,
         on_step: contract.StepCallback | None = None,
     ) -> torch.Tensor:
-        """Euler sampling over the normal schedule with classifier-free guidance against the empty prompt
-        (ComfyUI's KSampler with sampler "euler", scheduler "normal", negative ""), then the VAE."""
-        import comfy.model_management
+        """ComfyUI's own sampling (``comfy.sample.sample``, as KSampler runs it) with this backend's sampler and
+        scheduler, classifier-free guidance against the empty prompt, then the VAE.
+
+        Consecutive images of one prompt are drawn as one batch; each image's noise comes from its own seed.
+        """
+        import comfy.sample
 
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        comfy.model_management.load_models_gpu([self.model])
-        sigmas = self.sampling_sigmas(steps).to(self.device)
-        ms = self._model_sampling()
-        uncond = self.encode_prompts([""]).hidden_states
+        negative = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(""))
+        callback = (lambda step, x0, x, total: on_step()) if on_step is not None else None
         out = []
-        for i in range(0, len(prompts), SAMPLE_BATCH):
-            chunk = list(prompts[i : i + SAMPLE_BATCH])
-            cond = self.encode_prompts(chunk).hidden_states
-            n = len(chunk)
+        for start, end in _runs(prompts, SAMPLE_BATCH):
+            positive = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompts[start]))
             noise = torch.stack(
                 [
                     torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
-                    for s in seeds[i : i + n]
+                    for s in seeds[start:end]
                 ]
-            ).to(self.device, torch.float64)
-            # Text to image from an empty latent: ComfyUI scales the noise by sqrt(1 + sigma_max^2) (max_denoise).
-            x = ms.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), max_denoise=True)
-            context = torch.cat([cond, uncond.expand(n, -1, -1)]) if guidance_scale != 1.0 else cond
-            for k in range(steps):
-                sigma = sigmas[k]
-                batch = torch.cat([x, x]) if guidance_scale != 1.0 else x
-                denoised = self._denoised(batch, sigma.repeat(batch.shape[0]), context).to(torch.float64)
-                if guidance_scale != 1.0:
-                    positive, negative = denoised.chunk(2)
-                    denoised = negative + (positive - negative) * guidance_scale
-                x = x + (x - denoised) / sigma * (sigmas[k + 1] - sigma)
-                if on_step is not None:
-                    on_step()
-            latents = ms.inverse_noise_scaling(sigmas[-1], x)
+            )
+            empty = torch.zeros_like(noise)
+            latents = comfy.sample.sample(
+                self.model, noise, steps, guidance_scale, self.sampler_name, self.scheduler, positive, negative,
+                empty, callback=callback, disable_pbar=True, seed=int(seeds[start]),
+            )  # fmt: skip
             out.append(self.decode_latents(latents))
         return torch.cat(out)
 

@@ -56,11 +56,30 @@ def _concept_inputs(optional: bool = False) -> list[io.Input]:
 BACKEND_OPTIONS: dict = {}
 
 
-def _backend(model, clip, vae, image_size: int = 0) -> ComfyBackend:
+def _backend(
+    model, clip, vae, image_size: int = 0, sampler_name: str = "euler", scheduler: str = "normal"
+) -> ComfyBackend:
     options = dict(BACKEND_OPTIONS)
     if image_size:
         options.setdefault("image_size", image_size)
-    return ComfyBackend(model, clip, vae=vae, **options)
+    return ComfyBackend(model, clip, vae=vae, sampler_name=sampler_name, scheduler=scheduler, **options)
+
+
+def _drawing_inputs() -> list[io.Input]:
+    """How the sets are drawn: their image size, and ComfyUI's sampler and scheduler (defaults: the engine's)."""
+    import comfy.samplers
+
+    return [
+        _image_size_input(),
+        io.Combo.Input(
+            "sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler", optional=True,
+            tooltip="ComfyUI sampler that draws the forget, surrogate and retain images",
+        ),
+        io.Combo.Input(
+            "scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal", optional=True,
+            tooltip="ComfyUI scheduler that draws the forget, surrogate and retain images",
+        ),
+    ]  # fmt: skip
 
 
 def _image_size_input() -> io.Input:
@@ -79,9 +98,10 @@ def _model_inputs() -> list[io.Input]:
 
 
 def _prepare(
-    model, clip, vae, unique_id, concepts: str, surrogates: str, image_size: int = 0, **settings
-) -> ErasureData:
-    backend = _backend(model, clip, vae, image_size)
+    model, clip, vae, unique_id, concepts: str, surrogates: str, image_size: int = 0, sampler_name: str = "euler",
+    scheduler: str = "normal", **settings,
+) -> ErasureData:  # fmt: skip
+    backend = _backend(model, clip, vae, image_size, sampler_name, scheduler)
     config = config_from_inputs(concepts, surrogates, base_model="comfyui", **settings)
     sets = host.run_stage(unique_id, engine.prepare_sets, backend, config)
     return ErasureData(config, sets)
@@ -114,7 +134,7 @@ class TimestepProfile(io.ComfyNode):
                     default="",
                     tooltip="prompts that must not change, one per line (empty: automatic)",
                 ),
-                _image_size_input(),
+                *_drawing_inputs(),
                 *setting_inputs(DATA_SETTINGS),
             ],  # fmt: skip
             outputs=[SpareData.Output("data"), SpareProfile.Output("profile"), io.Image.Output("plot")],
@@ -199,7 +219,7 @@ class TrainAdapter(io.ComfyNode):
                     tooltip="your own images of the concept, used instead of generated ones (without SPARE_DATA)",
                 ),
                 io.String.Input("file_name", default="spare_erasure", tooltip="name of the LoRA under loras/spare/"),
-                _image_size_input(),
+                *_drawing_inputs(),
                 *setting_inputs(),
             ],  # fmt: skip
             outputs=[
@@ -213,12 +233,13 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, vae, concepts="", surrogates="", data=None, profile=None, saliency=None,
-        retain_prompts="", file_name="spare_erasure", image_size=0, forget_images=None, **settings,
+        retain_prompts="", file_name="spare_erasure", image_size=0, sampler_name="euler", scheduler="normal",
+        forget_images=None, **settings,
     ) -> io.NodeOutput:  # fmt: skip
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         if data is not None and forget_images is not None:
             raise ValueError("forget_images make new sets: disconnect either SPARE_DATA or the forget images")
-        backend = _backend(model, clip, vae, image_size)
+        backend = _backend(model, clip, vae, image_size, sampler_name, scheduler)
         config = _train_config(data, saliency, concepts, surrogates, retain_prompts, settings)
         path = host.lora_destination(file_name)  # a bad name fails before any work
         result = host.run_stage(

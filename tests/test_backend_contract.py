@@ -432,7 +432,8 @@ def test_contract_sample_calls_on_step_and_depends_only_on_its_seed(case):
     calls: list[int] = []
     prompts = [case.prompts[0], case.prompts[2]]
     images = backend.sample(prompts, [7, 8], steps=steps, guidance_scale=case.guidance, on_step=lambda: calls.append(1))
-    assert len(calls) == steps
+    # Once per denoising step of every sampling call: a backend may draw the two prompts in one call or two.
+    assert len(calls) in (steps, 2 * steps)
     assert tuple(images.shape) == (2, 3, size, size)
     assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
     alone = backend.sample(prompts[:1], [7], steps=steps, guidance_scale=case.guidance)

@@ -150,9 +150,28 @@ def test_sample_uses_each_seed_and_calls_on_step(comfy_toy_backend):
         )
     assert len(steps) == 3 and images.shape == (2, 3, 32, 32)
     assert (images[0] - images[1]).abs().max() > 1e-3  # two seeds, two images
-    sigmas = comfy_toy_backend.sampling_sigmas(3)
-    sampling = comfy_toy_backend.model.get_model_object("model_sampling")
-    assert sigmas[0] == pytest.approx(float(sampling.sigma_max)) and sigmas[-1] == 0.0 and len(sigmas) == 4
+
+
+def test_sample_runs_comfyuis_own_sampling_with_the_chosen_sampler(comfy_toy_backend, monkeypatch):
+    import comfy.sample
+
+    calls, real = [], comfy.sample.sample
+
+    def recording(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, *args, **kwargs):
+        calls.append((sampler_name, scheduler, steps, cfg, noise.shape[0], positive[0][0].shape))
+        return real(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", recording)
+    monkeypatch.setattr(comfy_toy_backend, "scheduler", "simple")
+    other = "a star image in blue style"
+    with torch.inference_mode():
+        images = comfy_toy_backend.sample([PROMPT, PROMPT, other], [1, 2, 3], steps=2, guidance_scale=4.0)
+    assert images.shape == (3, 3, 32, 32)
+    # One call per run of equal prompts (ComfyUI conditions a whole batch on one prompt).
+    assert [c[:5] for c in calls] == [("euler", "simple", 2, 4.0, 2), ("euler", "simple", 2, 4.0, 1)]
+    with torch.inference_mode():
+        alone = comfy_toy_backend.sample([other], [3], steps=2, guidance_scale=4.0)
+    assert torch.allclose(alone[0], images[2], atol=1e-5)  # each image from its own seed
 
 
 def test_layer_names_and_arch(comfy_toy_backend, comfy_double):

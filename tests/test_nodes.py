@@ -240,3 +240,24 @@ def test_the_train_node_takes_the_users_own_forget_images(pack, comfy_double, co
     data = object()
     with pytest.raises(ValueError, match="disconnect either"):
         _run(comfy_double, pack["SPARE_TrainAdapter"], **inputs, data=data, forget_images=images)
+
+
+def test_the_sets_are_drawn_with_the_nodes_sampler_and_scheduler(pack, comfy_double, comfy_toy, monkeypatch):
+    import comfy.sample
+
+    calls, real = [], comfy.sample.sample
+
+    def recording(model, noise, steps, cfg, sampler_name, scheduler, *args, **kwargs):
+        calls.append((sampler_name, scheduler, steps, cfg))
+        return real(model, noise, steps, cfg, sampler_name, scheduler, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", recording)
+    model, clip, vae = comfy_toy
+    tiny = {k: v for k, v in TINY_SETTINGS.items() if k != "steps"}
+    data, profile, _ = _run(comfy_double, pack["SPARE_TimestepProfile"], model=model, clip=clip, vae=vae,
+                            concepts="yellow", surrogates="plain", sampler_name="euler", scheduler="simple",
+                            **tiny).result  # fmt: skip
+    assert calls and set(calls) == {("euler", "simple", tiny["sample_steps"], 5.0)}
+    assert len(data.sets.data.forget_latents) == 20 and profile.concept
+    schema_inputs = {i.id: i for i in pack["SPARE_TimestepProfile"].GET_SCHEMA().inputs}
+    assert "dpmpp_2m" in schema_inputs["sampler_name"].options and "karras" in schema_inputs["scheduler"].options
