@@ -61,9 +61,9 @@ class Setting:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.minimum is not None and self.maximum is not None:
-            return f"{self.minimum:g} to {self.maximum:g}"
+            return f"{_number(self.minimum)} to {_number(self.maximum)}"
         if self.minimum is not None:
-            return f"at least {self.minimum:g}"
+            return f"at least {_number(self.minimum)}"
         return ""
 
     def check(self, value: Any) -> Any:
@@ -94,10 +94,15 @@ class Setting:
         if not math.isfinite(value):
             raise SettingsError(f"{label} must be a finite number, got {value}")
         if self.minimum is not None and value < self.minimum:
-            raise SettingsError(f"{label} must be {self.range_text()}, got {value:g}")
+            raise SettingsError(f"{label} must be {self.range_text()}, got {_number(value)}")
         if self.maximum is not None and value > self.maximum:
-            raise SettingsError(f"{label} must be {self.range_text()}, got {value:g}")
+            raise SettingsError(f"{label} must be {self.range_text()}, got {_number(value)}")
         return value
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: whole numbers in full (2147483647, not 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _setting(default: Any, kind: str, help: str, **kw: Any) -> Any:

@@ -24,7 +24,18 @@ def _tooltip(setting) -> str:
 
 
 def setting_input(setting, optional: bool = False) -> io.Input:
-    """The V3 input of one engine setting."""
+    """The V3 input of one engine setting; advanced ones carry ``advanced: true`` in the node definition.
+
+    ComfyUI's front end copies that flag to the widget's options, and the pack's
+    extension (``web/spare_training.js``) folds such widgets.
+    """
+    widget = _widget(setting, optional)
+    if setting.advanced:
+        widget.extra_dict["advanced"] = True
+    return widget
+
+
+def _widget(setting, optional: bool) -> io.Input:
     kw: dict[str, Any] = dict(optional=optional, tooltip=_tooltip(setting), default=setting.default)
     if setting.kind == "bool":
         return io.Boolean.Input(setting.name, **kw)

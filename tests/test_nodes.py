@@ -71,6 +71,8 @@ def test_every_setting_input_is_the_schemas_own(pack):
             assert (widget.min, widget.max) == (s.minimum, s.maximum), s.name
         if s.kind == "choice":
             assert list(widget.options) == list(s.choices), s.name
+        # The node definition marks advanced settings; the front end folds them.
+        assert widget.as_dict().get("advanced", False) is s.advanced, s.name
 
 
 def _model_output(comfy_double, model, clip):

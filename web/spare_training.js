@@ -10,7 +10,15 @@
  */
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { EVENTS, NODE_TYPE, createTracker, drawLossCurve, readout } from "./spare_training_core.js";
+import {
+  EVENTS,
+  NODE_TYPE,
+  PACK_PREFIX,
+  createTracker,
+  drawLossCurve,
+  prepareSettingsWidgets,
+  readout,
+} from "./spare_training_core.js";
 
 const WIDGET_NAME = "spare_training";
 const CANVAS_WIDTH = 280;
@@ -127,6 +135,9 @@ app.registerExtension({
     }
   },
   async nodeCreated(node) {
-    if ((node.comfyClass ?? node.type) === NODE_TYPE) attach(node);
+    const type = node.comfyClass ?? node.type;
+    // Runs before a saved workflow's values are restored, so loaded workflows keep theirs.
+    if (typeof type === "string" && type.startsWith(PACK_PREFIX)) prepareSettingsWidgets(node.widgets);
+    if (type === NODE_TYPE) attach(node);
   },
 });

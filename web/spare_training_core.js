@@ -378,3 +378,32 @@ export function createTracker() {
     ids: () => [...states.keys()],
   };
 }
+
+/** Node types of the SPARE pack start with this. */
+export const PACK_PREFIX = "SPARE_";
+
+/**
+ * Settings widgets of a new SPARE node as the pack wants them: widgets whose
+ * input the node definition marks `advanced` (`widget.options.advanced`, set
+ * by ComfyUI's front end from the input spec) are flagged `widget.advanced`,
+ * so the front end folds them until the node's advanced mode is toggled; the
+ * seed's control-after-generate widget starts at "fixed", so that a re-run
+ * trains the same LoRA. Returns what was changed, for tests and logs.
+ *
+ * @param {Array<{name: string, value?: any, options?: {advanced?: boolean}, advanced?: boolean}>} widgets
+ * @returns {{advanced: string[], seedControl: boolean}}
+ */
+export function prepareSettingsWidgets(widgets) {
+  const changed = { advanced: [], seedControl: false };
+  for (const widget of widgets ?? []) {
+    if (widget?.options?.advanced && !widget.advanced) {
+      widget.advanced = true;
+      changed.advanced.push(widget.name);
+    }
+    if (widget?.name === "control_after_generate" && widget.value !== "fixed") {
+      widget.value = "fixed";
+      changed.seedControl = true;
+    }
+  }
+  return changed;
+}

@@ -11,6 +11,7 @@ import {
   drawLossCurve,
   formatLoss,
   lossCurvePoints,
+  prepareSettingsWidgets,
   readout,
 } from "../../web/spare_training_core.js";
 import { recordingContext, strokedPaths } from "./fakes.mjs";
@@ -262,4 +263,21 @@ test("createTracker keeps one state per node and routes messages", () => {
   assert.equal(tracker.delete("1"), true);
   assert.equal(tracker.has("1"), false);
   assert.equal(readout(tracker.get("1")), "idle");
+});
+
+test("settings widgets: advanced ones are folded and the seed control starts fixed", () => {
+  const widgets = [
+    { name: "steps", value: 120, options: {} },
+    { name: "weight_decay", value: 0, options: { advanced: true } },
+    { name: "seed", value: 0, options: {} },
+    { name: "control_after_generate", value: "randomize", options: {} },
+    { name: "sample_steps", value: 10, options: { advanced: true }, advanced: true },
+  ];
+  const changed = prepareSettingsWidgets(widgets);
+  assert.deepEqual(changed, { advanced: ["weight_decay"], seedControl: true });
+  assert.equal(widgets[1].advanced, true);
+  assert.equal(widgets[0].advanced, undefined);
+  assert.equal(widgets[3].value, "fixed");
+  assert.deepEqual(prepareSettingsWidgets(widgets), { advanced: [], seedControl: false }); // idempotent
+  assert.deepEqual(prepareSettingsWidgets(undefined), { advanced: [], seedControl: false });
 });
