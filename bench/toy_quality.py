@@ -18,13 +18,10 @@ from pathlib import Path
 import torch
 
 from spare_core import generate_images, write_json
-from spare_core.toy.evaluate import generate_grid
+from spare_core.toy.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate_grid
 from spare_core.toy.pipeline import WEIGHTS_DIR, load_toy_backend, load_toy_classifiers, read_manifest
 from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE
 
-# Sampling settings of the toy model's evaluation (DDIM steps, classifier-free guidance).
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 5.0
 # Seeds no test or demo uses.
 DEFAULT_SEEDS = (101, 202, 303, 404)
 ROOT = Path(__file__).resolve().parents[1]

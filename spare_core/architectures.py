@@ -48,11 +48,6 @@ def get_architecture(key: str) -> Architecture:
         raise ValueError(f"unknown architecture {key!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def architectures() -> dict[str, Architecture]:
-    """Every registered architecture by key."""
-    return dict(_REGISTRY)
-
-
 def architecture_from_metadata(base_model_version: str) -> Architecture | None:
     """The architecture a kohya ``ss_base_model_version`` names (matched by its family prefix), if any."""
     for arch in sorted(_REGISTRY.values(), key=lambda a: -len(a.version_prefix)):

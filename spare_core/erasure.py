@@ -163,27 +163,37 @@ def prepare_sets(
     config.validate()
     monitor = Monitor(on_event, cancel)
     prompts = build_prompt_set(config, _domain_of(backend, domain))
+    own = _users_images(backend, config, forget_images)
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
-    plan = [("forget", prompts.forget, config.images_per_prompt, config.forget_image_dir)]
+    plan = [("forget", prompts.forget, config.images_per_prompt)]
     if config.surrogate_images_per_prompt > 0:
-        plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt, ""))
-    plan.append(("retain", prompts.retain, per_retain, config.retain_image_dir))
-    total = sum(
-        len(p) * n for kind, p, n, folder in plan if not folder and not (kind == "forget" and forget_images is not None)
-    )
-    drawer = _SetDrawer(backend, config, monitor, total)
-    monitor.emit("data", 0, total, message="drawing the forget, surrogate and retain images")
+        plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt))
+    plan.append(("retain", prompts.retain, per_retain))
+    drawer = _SetDrawer(backend, config, monitor, sum(len(p) * n for kind, p, n in plan if kind not in own))
+    monitor.emit("data", 0, drawer.total, message="drawing the forget, surrogate and retain images")
     tensors: dict[str, torch.Tensor] = {}
-    for kind, prompt_list, per_prompt, folder in plan:
-        if kind == "forget" and forget_images is not None:
-            latents = _encode(backend, fit_images(forget_images, backend.image_size))
+    for kind, prompt_list, per_prompt in plan:
+        if kind in own:
+            latents = torch.cat([backend.encode_images(chunk).float().cpu() for chunk in own[kind].split(16)])
             index = round_robin_index(len(latents), len(prompt_list))
-        elif folder:
-            latents, index = _folder_latents(backend, folder, prompt_list)
         else:
             latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
         tensors[f"{kind}_latents"], tensors[f"{kind}_prompt_index"] = latents, index
     return ErasureSets(prompts, _training_data(backend, prompts, tensors))
+
+
+def _users_images(
+    backend: DiffusionBackend, config: ErasureConfig, forget_images: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The user's own images by set (``forget``, ``retain``), at the model's size, from folders or a batch."""
+    own = {}
+    for kind, folder in (("forget", config.forget_image_dir), ("retain", config.retain_image_dir)):
+        if folder:
+            own[kind] = load_image_folder(folder, backend.image_size)
+            logger.info("read %d %s images from %s", len(own[kind]), kind, folder)
+    if forget_images is not None:
+        own["forget"] = fit_images(forget_images, backend.image_size)
+    return own
 
 
 def _domain_of(backend: DiffusionBackend, domain: Domain | None) -> Domain:
@@ -216,18 +226,6 @@ def _drawn_latents(
     if path is not None:
         save_safetensors({"latents": latents, "prompt_index": prompt_index}, path)
     return latents, prompt_index
-
-
-def _folder_latents(backend: DiffusionBackend, folder: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The user's images in ``folder`` as latents, paired with ``prompts`` in turn."""
-    latents = _encode(backend, load_image_folder(folder, backend.image_size))
-    logger.info("read %d images from %s", len(latents), folder)
-    return latents, round_robin_index(len(latents), len(prompts))
-
-
-def _encode(backend: DiffusionBackend, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] as latents on the CPU, 16 at a time."""
-    return torch.cat([backend.encode_images(chunk).float().cpu() for chunk in images.split(16)])
 
 
 # --------------------------------------------------------------------------- stage 1: the timestep profile

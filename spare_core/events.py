@@ -90,8 +90,3 @@ class Monitor:
     def check(self) -> None:
         if self.cancel is not None:
             self.cancel.check()
-
-
-def monitor_of(on_event: EventCallback | None = None, cancel: CancelToken | None = None) -> Monitor:
-    """A :class:`Monitor` for the optional callback and token a public call received."""
-    return Monitor(on_event, cancel)

@@ -90,7 +90,10 @@ def _check_shapes(name: str, w: LoraModuleWeights) -> None:
         raise ValueError(f"{name}: rank of lora_down ({down.shape[0]}) and lora_up ({up.shape[1]}) differ")
 
 
-def _file_metadata(modules: Mapping[str, LoraModuleWeights], arch: str, metadata: Mapping[str, str]) -> dict[str, str]:
+def lora_file_metadata(
+    modules: Mapping[str, LoraModuleWeights], arch: str, metadata: Mapping[str, str]
+) -> dict[str, str]:
+    """kohya's ``ss_*`` keys for ``arch`` plus the caller's ``spare_*``/``ss_*`` string metadata (checked)."""
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise TypeError(
@@ -135,13 +138,6 @@ def lora_file_tensors(
         tensors[f"{layer}.{UP}"] = up.contiguous()
         tensors[f"{layer}.{ALPHA}"] = torch.tensor(float(w.alpha), dtype=torch.float32)
     return tensors
-
-
-def lora_file_metadata(
-    layers: Mapping[str, LoraModuleWeights], arch: str, metadata: Mapping[str, str]
-) -> dict[str, str]:
-    """kohya's ``ss_*`` keys for ``arch`` plus the caller's ``spare_*``/``ss_*`` string metadata."""
-    return _file_metadata(layers, arch, metadata)
 
 
 _SAFETENSORS_DTYPES = {

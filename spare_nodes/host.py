@@ -68,10 +68,12 @@ def cancel_token():
 
 
 def run_stage(unique_id: str | None, call: Callable, *args, **kwargs):
-    """Run an engine call with ComfyUI's progress and cancel, under ``inference_mode(False)``; report errors."""
+    """Run an engine call with ComfyUI's progress and cancel; report errors to the front end.
+
+    The node runs inside ``torch.inference_mode()``; the engine itself trains outside it where it must.
+    """
     try:
-        with torch.inference_mode(False):
-            return call(*args, on_event=HostProgress(unique_id), cancel=cancel_token(), **kwargs)
+        return call(*args, on_event=HostProgress(unique_id), cancel=cancel_token(), **kwargs)
     except BaseException as exc:  # reported, never swallowed (ComfyUI's interrupt included)
         if _is_interrupt(exc):
             send(ERROR_MESSAGE, {"node": unique_id, "message": "interrupted", "cancelled": True})

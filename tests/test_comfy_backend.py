@@ -67,7 +67,7 @@ def _forward_hooks(module: torch.nn.Module) -> int:
     "engine_mode",
     [
         "inference",  # the engine called straight inside torch.inference_mode(), as a node runs
-        "inference_off",  # the engine call wrapped in torch.inference_mode(False), as the nodes' host glue does
+        "inference_off",  # the engine called outside inference mode (a script, the CLI)
     ],
 )
 def test_erasure_through_comfyui_keeps_the_model_and_writes_the_diffusers_keys(

@@ -9,6 +9,8 @@ import torch
 
 from ..backend import DiffusionBackend
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_STEPS", "GridResult", "generate_grid", "generate_triples"]
 from .classifier import ToyClassifier
 from .world import EVAL_TEMPLATE, OBJECTS, STYLES
 
