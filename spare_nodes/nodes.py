@@ -97,11 +97,7 @@ def _model_inputs() -> list[io.Input]:
     ]
 
 
-def _prepare(
-    model, clip, vae, unique_id, concepts: str, surrogates: str, image_size: int = 0, sampler_name: str = "euler",
-    scheduler: str = "normal", **settings,
-) -> ErasureData:  # fmt: skip
-    backend = _backend(model, clip, vae, image_size, sampler_name, scheduler)
+def _prepare(backend: ComfyBackend, unique_id, concepts: str, surrogates: str, **settings) -> ErasureData:
     config = config_from_inputs(concepts, surrogates, base_model="comfyui", **settings)
     sets = host.run_stage(unique_id, engine.prepare_sets, backend, config)
     return ErasureData(config, sets)
@@ -147,8 +143,10 @@ class TimestepProfile(io.ComfyNode):
     ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         settings.update(forget_prompts=lines(prompts), retain_prompts=lines(retain_prompts))
-        data = _prepare(model, clip, vae, unique_id, concepts, surrogates, **settings)
-        profile = host.run_stage(unique_id, engine.measure_profile, _backend(model, clip, vae), data.config, data.sets)
+        drawing = {k: settings.pop(k) for k in ("image_size", "sampler_name", "scheduler") if k in settings}
+        backend = _backend(model, clip, vae, **drawing)
+        data = _prepare(backend, unique_id, concepts, surrogates, **settings)
+        profile = host.run_stage(unique_id, engine.measure_profile, backend, data.config, data.sets)
         plot = host.plot_to_comfy(lambda path: engine.plot_profile(profile, path))
         return io.NodeOutput(data, profile, plot, ui=ui.PreviewImage(plot, cls=cls))
 
@@ -179,12 +177,11 @@ class ComputeSaliency(io.ComfyNode):
         cls, model, clip, vae, data=None, concepts="", surrogates="", profile=None, **settings
     ) -> io.NodeOutput:
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
+        backend = _backend(model, clip, vae)
         if data is None:
-            data = _prepare(model, clip, vae, unique_id, concepts, surrogates)
+            data = _prepare(backend, unique_id, concepts, surrogates)
         config = data.config.with_settings(**settings).validate()
-        saliency = host.run_stage(
-            unique_id, engine.select_modules, _backend(model, clip, vae), config, data.sets, profile
-        )
+        saliency = host.run_stage(unique_id, engine.select_modules, backend, config, data.sets, profile)
         chart = host.plot_to_comfy(lambda path: engine.plot_saliency(saliency, path, saliency.selected))
         return io.NodeOutput(saliency, chart, ui=ui.PreviewImage(chart, cls=cls))
 
