@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +43,9 @@ def generate_images(
     images = []
     for i, prompt in enumerate(prompts):
         monitor.check()
-        if adapter is None or strength == 0:
-            batch = backend.sample([prompt] * len(seeds), list(seeds), steps, guidance, on_step=monitor.check)
-        else:
-            with adapter.applied(strength):
-                batch = backend.sample([prompt] * len(seeds), list(seeds), steps, guidance, on_step=monitor.check)
-        images.append(batch)
+        applied = adapter.applied(strength) if adapter is not None and strength != 0 else nullcontext()
+        with applied:
+            images.append(backend.sample([prompt] * len(seeds), list(seeds), steps, guidance, on_step=monitor.check))
         monitor.emit("preview", i + 1, len(prompts), message=prompt)
     return torch.cat(images)
 
