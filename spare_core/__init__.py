@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "Setting": "config",
     "SETTINGS": "config",
     "SettingsError": "config",
+    "pair_concepts": "config",
+    "describe_error": "errors",
     # prompt domains
     "Domain": "domain",
     "GenericDomain": "domain",
@@ -61,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "preview": "previews",
     "Preview": "previews",
     "grid_image": "images",
+    "to_pil": "images",
+    "load_images": "image_folder",
     "plot_profile": "timesteps",
     "plot_saliency": "saliency",
     "plot_losses": "plotting",

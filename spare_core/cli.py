@@ -1,4 +1,4 @@
-"""The ``spare`` command line: profile, saliency, erase, generate, inspect, toy-grid, demo.
+"""The ``spare`` command line: profile, saliency, erase, generate, inspect, toy-grid, app, demo.
 
 A thin front end over the public API (``spare_core.__all__``): it turns options
 into settings and API calls, and results into files. The erasure settings'
@@ -97,18 +97,13 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
 
 
 def _concept_pairs(args: argparse.Namespace) -> list:
-    from . import ConceptPair
+    from . import pair_concepts
 
-    concepts, surrogates = args.concept or [], args.surrogate or []
-    if not concepts:
+    if not args.concept:
         raise UsageError("no --concept given: name what to erase")
-    if not surrogates:
+    if not args.surrogate:
         raise UsageError("no --surrogate given: name what the model should draw instead")
-    if len(surrogates) == 1:
-        surrogates = surrogates * len(concepts)
-    if len(surrogates) != len(concepts):
-        raise UsageError(f"{len(concepts)} concepts but {len(surrogates)} surrogates: give one, or one per concept")
-    return [ConceptPair(c, s) for c, s in zip(concepts, surrogates, strict=True)]
+    return pair_concepts(args.concept, args.surrogate)
 
 
 def _resolve_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
@@ -359,6 +354,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    """Start the before/after app in the browser (gradio; on the toy model by default)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the app needs gradio: pip install 'spare-unlearning[app]'") from None
+    from spare_app import launch
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be 1 to 65535, got {args.port}")
+    launch(
+        out_dir=args.out_dir,
+        host=args.host,
+        port=args.port,
+        model=args.model or "toy",
+        device=args.device,
+        dtype=args.dtype,
+        share=args.share,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="spare", description="SPARE: erase a concept from a text-to-image diffusion model with a sparse LoRA."
@@ -425,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
 
+    p = command("app", _cmd_app)
+    _add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--out-dir", type=Path, default=Path("outputs/app"), help="folder for the app's LoRAs and reports")
+    p.add_argument("--share", action="store_true", help="also create a public gradio share link (off by default)")
+
     p = command("demo", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs)")
     p.add_argument("--concept", dest="concept_name", default="red", help="toy style or object to erase (default red)")
@@ -439,18 +463,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line: its message with line breaks folded, or its type when it has none."""
-    from torch import OutOfMemoryError
-
-    if isinstance(exc, OutOfMemoryError):
-        return "out of memory; lower --batch-size or --generation-batch-size, use --dtype fp16, or use --device cpu"
-    text = " ".join(str(exc).split())
-    if isinstance(exc, (UsageError, ValueError, FileNotFoundError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
@@ -459,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a one-line usage error
         return exc.code if isinstance(exc.code, int) else 2
-    from . import ErasureCancelled
+    from . import ErasureCancelled, describe_error
 
     try:
         return args.func(args)
@@ -469,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every failure a user can cause ends as one line (SPARE_DEBUG=1 shows the traceback)
         if os.environ.get("SPARE_DEBUG"):
             raise
-        print(f"spare {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"spare {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 2
 
 

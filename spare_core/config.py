@@ -122,6 +122,22 @@ class ConceptPair:
     surrogate: str
 
 
+def pair_concepts(concepts: list[str], surrogates: list[str]) -> list[ConceptPair]:
+    """Concepts with their surrogates in the same order, or one surrogate for all; SettingsError otherwise."""
+    concepts, surrogates = list(concepts), list(surrogates)
+    if not concepts:
+        raise SettingsError("no concept given: name what to erase")
+    if not surrogates:
+        raise SettingsError("no surrogate given: name what the model should draw instead")
+    if len(surrogates) == 1:
+        surrogates = surrogates * len(concepts)
+    if len(surrogates) != len(concepts):
+        raise SettingsError(
+            f"{len(concepts)} concepts but {len(surrogates)} surrogates: give one surrogate, or one per concept"
+        )
+    return [ConceptPair(c, s) for c, s in zip(concepts, surrogates, strict=True)]
+
+
 @dataclass
 class ErasureConfig:
     """Everything that decides an erasure's result (with the base model and seed).

@@ -29,7 +29,7 @@ from spare_core import (
     save_png,
     write_json,
 )
-from spare_core.toy.erasure_eval import domain_of, evaluation_grid, score
+from spare_core.toy.erasure_eval import before_after_scores, preview_prompts
 from spare_core.toy.evaluate import generate_grid
 from spare_core.toy.pipeline import load_toy_classifiers
 from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, STYLES
@@ -38,19 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: Evaluation seeds of the demo (the forget/retain sets use seeds from 1e6 on).
 DEMO_SEEDS = (11, 12, 13, 14)
-
-
-def preview_prompts(concept: str) -> tuple[list[str], list[str]]:
-    """Prompts for the before/after grid: three naming the concept, three retained ones."""
-    if domain_of(concept) == "style":
-        erased = [EVAL_TEMPLATE.format(object=o, style=concept) for o in OBJECTS[:3]]
-        others = [s for s in STYLES if s not in (concept, "plain")]
-        retained = [EVAL_TEMPLATE.format(object=o, style=s) for o, s in zip(OBJECTS[3:], others, strict=False)]
-    else:
-        erased = [EVAL_TEMPLATE.format(object=concept, style=s) for s in STYLES[:3]]
-        others = [o for o in OBJECTS if o != concept]
-        retained = [EVAL_TEMPLATE.format(object=o, style=s) for o, s in zip(others, STYLES[3:6], strict=False)]
-    return erased, retained[:3]
 
 
 class _StagePrinter:
@@ -86,17 +73,15 @@ def run_demo(out: Path, concept: str = "red", surrogate: str = "plain", seed: in
     erased, retained = preview_prompts(concept)
     save_png(preview(backend, erased + retained, DEMO_SEEDS, result.adapter).grid(), out / "before_after.png")
 
-    base_grid = evaluation_grid(backend, classifiers, DEMO_SEEDS)
-    with result.adapter.applied():
-        erased_grid = evaluation_grid(backend, classifiers, DEMO_SEEDS)
-    before = score(base_grid, config.concepts)[0]
-    after = score(erased_grid, config.concepts)[0]
+    (before,), (after,), generations = before_after_scores(
+        backend, classifiers, config.concepts, DEMO_SEEDS, result.adapter
+    )
     report = {
         "concept": concept,
         "surrogate": surrogate,
         "before": before.as_dict(),
         "after": after.as_dict(),
-        "evaluation": {"template": EVAL_TEMPLATE, "seeds": list(DEMO_SEEDS), "generations": len(base_grid.images)},
+        "evaluation": {"template": EVAL_TEMPLATE, "seeds": list(DEMO_SEEDS), "generations": generations},
         "selected_modules": result.selected_modules,
         "trainable_parameters": result.adapter.num_trainable(),
         "lora_file": lora_path.name,

@@ -8,6 +8,7 @@ reproducible; each image is paired with the prompts of its set in turn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +35,25 @@ def _square(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def load_image_folder(folder: str | Path, size: int) -> torch.Tensor:
-    """The images of ``folder`` as ``[N, 3, size, size]`` in [-1, 1]."""
+def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+    """Image files as ``[N, 3, size, size]`` in [-1, 1], each centre-cropped to a square and resized."""
+    if not paths:
+        raise ValueError("no images given: add at least one PNG or JPEG image")
     tensors = []
-    for path in image_files(folder):
+    for path in paths:
         try:
             with Image.open(path) as image:
                 rgb = _square(image.convert("RGB"), size)
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {path} ({exc}); remove it or save it as PNG") from exc
+            raise ValueError(f"cannot read image {Path(path).name} ({exc}); remove it or save it as PNG") from exc
         array = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
         tensors.append(torch.from_numpy(array).permute(2, 0, 1))
     return torch.stack(tensors)
+
+
+def load_image_folder(folder: str | Path, size: int) -> torch.Tensor:
+    """The images of ``folder`` (in name order) as ``[N, 3, size, size]`` in [-1, 1]."""
+    return load_images(image_files(folder), size)
 
 
 def round_robin_index(count: int, prompts: int) -> torch.Tensor:

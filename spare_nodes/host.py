@@ -78,7 +78,7 @@ def run_stage(unique_id: str | None, call: Callable, *args, **kwargs):
         if _is_interrupt(exc):
             send(ERROR_MESSAGE, {"node": unique_id, "message": "interrupted", "cancelled": True})
         else:
-            send(ERROR_MESSAGE, {"node": unique_id, "message": str(exc), "cancelled": False})
+            send(ERROR_MESSAGE, {"node": unique_id, "message": engine.describe_error(exc), "cancelled": False})
         raise
 
 

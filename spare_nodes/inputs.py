@@ -70,16 +70,7 @@ def lines(text: str | None) -> list[str]:
 
 def concept_pairs(concepts: str, surrogates: str) -> list:
     """Concepts one per line, with their surrogates one per line in the same order (or one for all)."""
-    names, subs = lines(concepts), lines(surrogates)
-    if not names:
-        raise ValueError("no concept: enter the concepts to erase, one per line")
-    if not subs:
-        raise ValueError("no surrogate: enter what to draw instead, one per line (or one for all)")
-    if len(subs) == 1:
-        subs = subs * len(names)
-    if len(subs) != len(names):
-        raise ValueError(f"{len(names)} concepts but {len(subs)} surrogates: give one surrogate, or one per concept")
-    return [engine.ConceptPair(c, s) for c, s in zip(names, subs, strict=True)]
+    return engine.pair_concepts(lines(concepts), lines(surrogates))
 
 
 def config_from_inputs(concepts: str, surrogates: str, base_model: str, **inputs: Any):

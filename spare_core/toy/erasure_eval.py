@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..adapter import SparseLoRA
 from ..backend import DiffusionBackend
 from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -48,6 +49,19 @@ def domain_of(concept: str) -> str:
     if concept in OBJECTS:
         return "object"
     raise ValueError(f"{concept!r} is not a toy object or style")
+
+
+def preview_prompts(concept: str) -> tuple[list[str], list[str]]:
+    """Prompts for a before/after grid: three naming the concept, three retained ones (evaluation template)."""
+    if domain_of(concept) == "style":
+        erased = [EVAL_TEMPLATE.format(object=o, style=concept) for o in OBJECTS[:3]]
+        others = [s for s in STYLES if s not in (concept, "plain")]
+        retained = [EVAL_TEMPLATE.format(object=o, style=s) for o, s in zip(OBJECTS[3:], others, strict=False)]
+    else:
+        erased = [EVAL_TEMPLATE.format(object=concept, style=s) for s in STYLES[:3]]
+        others = [o for o in OBJECTS if o != concept]
+        retained = [EVAL_TEMPLATE.format(object=o, style=s) for o, s in zip(others, STYLES[3:6], strict=False)]
+    return erased, retained[:3]
 
 
 def evaluation_grid(
@@ -128,3 +142,19 @@ def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]
             )
         )
     return scores
+
+
+def before_after_scores(
+    backend: DiffusionBackend,
+    classifiers: tuple[ToyClassifier, ToyClassifier],
+    pairs: Sequence[ConceptPair],
+    seeds: Sequence[int],
+    adapter: SparseLoRA,
+    strength: float = 1.0,
+) -> tuple[list[ErasureScores], list[ErasureScores], int]:
+    """The scores of each erased concept without and with ``adapter`` on the evaluation grid of ``seeds``,
+    and the number of generations of each grid."""
+    base_grid = evaluation_grid(backend, classifiers, seeds)
+    with adapter.applied(strength):
+        erased_grid = evaluation_grid(backend, classifiers, seeds)
+    return score(base_grid, pairs), score(erased_grid, pairs), len(base_grid.images)
