@@ -11,7 +11,7 @@ STAMP := $(VENV)/.spare-installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench bench-full lint train-toy clean
+.PHONY: demo app test test-fast bench bench-full lint train-toy clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml requirements.txt
 
 demo: $(STAMP)
 	$(PY) -m spare_core.cli demo --out outputs
+
+# The browser app on the toy model (http://127.0.0.1:7860; gradio is in the dev extra).
+app: $(STAMP)
+	$(PY) -m spare_core.cli app
 
 test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

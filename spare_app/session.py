@@ -97,6 +97,7 @@ class Progress:
     step: int = 0
     total: int = 0
     message: str = ""
+    stages: tuple[str, ...] = RUN_STAGES  # the stages this run goes through, in order
 
     @property
     def fraction(self) -> float:
@@ -273,7 +274,7 @@ class SpareApp:
             "saliency",
             status="running",
             message=f"erasing {_pairs_text(config)}",
-            progress=Progress("data", 0, 0, STAGE_LABELS["data"]),
+            progress=Progress("data", 0, 0, STAGE_LABELS["data"], _stages_of(config)),
             losses=[],
             profile_plot=None,
             saliency_plot=None,
@@ -337,7 +338,8 @@ class SpareApp:
 
     def _on_event(self, event: Event) -> None:
         parts = ["progress"]
-        fields: dict[str, Any] = {"progress": Progress(event.stage, event.step, event.total, event.message)}
+        progress = Progress(event.stage, event.step, event.total, event.message, self.progress.stages)
+        fields: dict[str, Any] = {"progress": progress}
         if event.stage == "train" and event.loss is not None:
             with self._state_lock:
                 losses = self.losses + [event.loss]
@@ -408,22 +410,37 @@ class SpareApp:
 
     def _toy_scores(self, backend, config, seeds, adapter, token) -> dict[str, Any] | None:
         """UA, IRA, CRA and the surrogate rate before and after, on the toy model and toy concepts only."""
-        if config.base_model != TOY_MODEL or not all(_toy_kind(p.concept) for p in config.concepts):
+        if not _scored(config):
             return None
         from spare_core.toy.erasure_eval import before_after_scores
         from spare_core.toy.pipeline import load_toy_classifiers
 
         token.check()
-        self._set("progress", progress=Progress("evaluate", 0, 1, STAGE_LABELS["evaluate"]))
+        stages = self.progress.stages
+        self._set("progress", progress=Progress("evaluate", 0, 1, STAGE_LABELS["evaluate"], stages))
         before, after, generations = before_after_scores(
             backend, load_toy_classifiers(), config.concepts, seeds, adapter
         )
-        self._set("progress", progress=Progress("evaluate", 1, 1, STAGE_LABELS["evaluate"]))
+        self._set("progress", progress=Progress("evaluate", 1, 1, STAGE_LABELS["evaluate"], stages))
         return {
             "generations": generations,
             "before": [s.as_dict() for s in before],
             "after": [s.as_dict() for s in after],
         }
+
+
+def _scored(config: ErasureConfig) -> bool:
+    """Whether a run ends with the toy scores: the toy model, erasing toy concepts."""
+    return config.base_model == TOY_MODEL and all(_toy_kind(p.concept) for p in config.concepts)
+
+
+def _stages_of(config: ErasureConfig) -> tuple[str, ...]:
+    skipped = set()
+    if config.timestep_mode != "profile":
+        skipped.add("profile")
+    if not _scored(config):
+        skipped.add("evaluate")
+    return tuple(stage for stage in RUN_STAGES if stage not in skipped)
 
 
 def _renderer(backend, prompts, seeds, adapter) -> Callable[[float], list[Image.Image]]:

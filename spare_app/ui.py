@@ -16,7 +16,7 @@ from typing import Any
 from spare_core import SETTINGS, LoraFileError, ModelError, SettingsError, describe_error
 
 from . import forms
-from .session import RUN_STAGES, STAGE_LABELS, TOY_MODEL, ErasureForm, SpareApp, View
+from .session import STAGE_LABELS, TOY_MODEL, ErasureForm, SpareApp, View
 
 #: Settings with a place of their own at the top of the page (the rest are generated into the panels below).
 FRONT_SETTINGS = ("steps", "retain_prompts")
@@ -70,12 +70,12 @@ def progress_html(view: View) -> str:
     p = view.progress
     if view.status != "running":
         return f'<div id="spare-progress-box" data-status="{view.status}"></div>'
-    number = RUN_STAGES.index(p.stage) + 1 if p.stage in RUN_STAGES else 0
+    number = p.stages.index(p.stage) + 1 if p.stage in p.stages else 0
     label = STAGE_LABELS.get(p.stage, p.stage)
     steps = f" &middot; {p.step} / {p.total}" if p.total else ""
     return (
         f'<div id="spare-progress-box" data-status="running" data-stage="{html.escape(p.stage)}">'
-        f'<div class="spare-stage">Stage {number} of {len(RUN_STAGES)}: {html.escape(label)}{steps}</div>'
+        f'<div class="spare-stage">Stage {number} of {len(p.stages)}: {html.escape(label)}{steps}</div>'
         f'<progress max="1" value="{p.fraction:.4f}"></progress></div>'
     )
 

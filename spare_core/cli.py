@@ -356,10 +356,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     """Start the before/after app in the browser (gradio; on the toy model by default)."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UsageError("the app needs gradio: pip install 'spare-unlearning[app]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # found, not imported: the app turns analytics off first
+        raise UsageError("the app needs gradio: pip install 'spare-unlearning[app]'")
     from spare_app import launch
 
     if args.port is not None and not 1 <= args.port <= 65535:

@@ -2,7 +2,9 @@
 
 The app runs as a user starts it (``python -m spare_core.cli app``) on a free
 localhost port; every request the page makes to another host is blocked and
-recorded, and the test asserts there were none. Screenshots go to
+recorded, and the app's own process runs with a guard that refuses and
+records connections to other hosts (``tests/netguard``): the test asserts
+there were none of either. Screenshots go to
 ``outputs/test_app_browser/`` (or ``$SPARE_SCREENSHOTS``).
 """
 
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
+NETGUARD = Path(__file__).resolve().parent / "netguard"
 SCREENSHOTS = Path(os.environ.get("SPARE_SCREENSHOTS", ROOT / "outputs" / "test_app_browser"))
 #: A short erasure: long enough (a few seconds of training) for a second tab to see it running.
 SETTINGS = dict(
@@ -47,12 +50,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _guarded_env(tmp_path) -> dict[str, str]:
+    """The environment of a process whose connections to other hosts are refused and logged (tests/netguard)."""
+    path = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "SPARE_NETGUARD_LOG": str(tmp_path / "network.log")}
+
+
+def test_the_network_guard_refuses_and_records_other_hosts(tmp_path):
+    code = "import urllib.request; urllib.request.urlopen('http://example.com', timeout=5)"
+    run = subprocess.run([sys.executable, "-c", code], env=_guarded_env(tmp_path), capture_output=True, text=True)
+    assert run.returncode != 0 and "refused by the test's guard" in run.stderr
+    assert "example.com" in (tmp_path / "network.log").read_text()
+
+
 @pytest.fixture
 def app_url(tmp_path):
-    """``spare app`` started as a user would, on a free port; its output folder is ``tmp_path / "out"``."""
+    """``spare app`` started as a user would, on a free port, with the network guard; output in ``tmp_path / "out"``."""
     port = _free_port()
     log = open(tmp_path / "app.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # As a user starts it: no offline switches (make test sets HF_HUB_OFFLINE); the guard catches any call out.
+    env = {k: v for k, v in _guarded_env(tmp_path).items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONUNBUFFERED"] = "1"
     command = [sys.executable, "-m", "spare_core.cli", "app", "--port", str(port), "--out-dir", str(tmp_path / "out")]
     server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -121,6 +139,12 @@ def _wait_gallery(page, element_id: str, count: int, timeout_ms: int = 240_000) 
     )
 
 
+def _wait_images_loaded(page) -> None:
+    page.wait_for_function(
+        "[...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)", timeout=30_000
+    )
+
+
 def test_train_compare_and_download_in_a_real_browser(browser, app_url, tmp_path):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
@@ -150,7 +174,17 @@ def test_train_compare_and_download_in_a_real_browser(browser, app_url, tmp_path
         box = page.locator(f"#setting-{name} input")
         box.fill(str(value))
         box.press("Tab")
+    # A bad file name: one clear line in the page, and nothing starts.
+    name_box = page.locator("#spare-file-name textarea, #spare-file-name input").first
+    name_box.fill("../../x")
     page.locator("#spare-train").click()
+    page.wait_for_function(
+        "document.querySelector('#spare-message').innerText.includes('is not allowed')", timeout=30_000
+    )
+    assert "error: file name '../../x' is not allowed" in page.locator("#spare-message").inner_text()
+    name_box.fill("spare_yellow.safetensors")
+    page.locator("#spare-train").click()
+    page.wait_for_selector('#spare-progress-box[data-status="running"]', timeout=60_000)
 
     # A second tab sees the training running; closing the first does not stop it.
     watcher = context.new_page()
@@ -168,6 +202,7 @@ def test_train_compare_and_download_in_a_real_browser(browser, app_url, tmp_path
     assert watcher.locator("#spare-saliency img").count() == 1
     scores = watcher.locator("#spare-scores").inner_text()
     assert "UA" in scores and "after" in scores
+    _wait_images_loaded(watcher)
     watcher.screenshot(path=str(SCREENSHOTS / "2-result-strength-1.png"), full_page=True)
     before = _gallery_images(watcher, "spare-before")
     after = _gallery_images(watcher, "spare-after")
@@ -186,6 +221,7 @@ def test_train_compare_and_download_in_a_real_browser(browser, app_url, tmp_path
     )
     after_at_zero = _gallery_images(watcher, "spare-after")
     assert all(np.array_equal(b, a) for b, a in zip(before, after_at_zero, strict=True))
+    _wait_images_loaded(watcher)
     watcher.screenshot(path=str(SCREENSHOTS / "3-strength-0.png"), full_page=True)
 
     # The download is the LoRA file the run wrote, and the engine reads it.
@@ -200,4 +236,6 @@ def test_train_compare_and_download_in_a_real_browser(browser, app_url, tmp_path
     assert len(written) == 1 and written[0].read_bytes() == saved.read_bytes()
 
     assert foreign == [], f"the page asked other hosts: {foreign}"
+    network_log = tmp_path / "network.log"
+    assert not network_log.exists(), f"the app tried other hosts: {network_log.read_text()}"
     context.close()
