@@ -207,9 +207,14 @@ class SpareApp:
         return self._backend
 
     def domain(self, model: str | None = None):
-        """The prompt domain of ``model``: the toy world's for the toy model, else the generic one."""
-        if (model or self.default_model[0]) == TOY_MODEL:
-            return self.backend(TOY_MODEL, "cpu", "fp32").domain
+        """The prompt domain of ``model`` (the one its backend brings), without opening another model."""
+        model = model or self.default_model[0]
+        if self._backend_key is not None and self._backend_key[0] == model:
+            return self._backend.domain or GenericDomain()
+        if model == TOY_MODEL:
+            from spare_core.toy.domain import ToyDomain
+
+            return ToyDomain()
         return GenericDomain()
 
     def default_retain_prompts(self, concepts: str, model: str | None = None) -> list[str]:

@@ -123,7 +123,7 @@ def view_updates(gr, view: View, seen: dict[str, int] | None) -> tuple[list[Any]
     out.append(view.profile_plot if changed("profile") else gr.skip())
     out.append(view.saliency_plot if changed("saliency") else gr.skip())
     if changed("shown") and shown is not None:
-        out.append(gallery_items(shown.before, shown.prompts, shown.seeds))
+        out.append(gr.update(value=gallery_items(shown.before, shown.prompts, shown.seeds), columns=len(shown.seeds)))
         out.append(gr.update(value=shown.strength))
         out.append(scores_markdown(shown.scores))
         out.append(
@@ -135,7 +135,7 @@ def view_updates(gr, view: View, seen: dict[str, int] | None) -> tuple[list[Any]
     else:
         out += [gr.skip()] * 5
     if changed("after", "shown") and shown is not None:
-        out.append(gallery_items(shown.after, shown.prompts, shown.seeds))
+        out.append(gr.update(value=gallery_items(shown.after, shown.prompts, shown.seeds), columns=len(shown.seeds)))
     else:
         out.append(gr.skip())
     if changed("status"):
@@ -160,7 +160,8 @@ def _guarded(action: Callable[..., str]) -> Callable[..., str]:
 def build_ui(app: SpareApp):
     """The gradio Blocks of the app (not launched)."""
     gr = _gradio()
-    concepts_default, surrogates_default = "red", "plain"
+    # The toy world's example erasure; on a real model the user names the concept.
+    concepts_default, surrogates_default = ("red", "plain") if app.default_model[0] == TOY_MODEL else ("", "")
     retain_default = "\n".join(app.default_retain_prompts(concepts_default))
     previews_default = "\n".join(app.default_preview_prompts(concepts_default))
     by_name = {s.name: s for s in SETTINGS}

@@ -98,7 +98,8 @@ def test_a_tab_is_sent_only_what_changed():
     updates, _ = view_updates(gr, _view(losses=[0.5, 0.25], shown=shown, versions=versions), seen)
     losses, before, after = updates[2], updates[5], updates[10]
     assert list(losses["loss"]) == [0.5, 0.25] and list(losses["step"]) == [1, 2]
-    assert [caption for _, caption in before] == ["p | seed 1", "p | seed 2"] and len(after) == 2
+    assert [caption for _, caption in before["value"]] == ["p | seed 1", "p | seed 2"] and len(after["value"]) == 2
+    assert before["columns"] == after["columns"] == 2  # one column per seed
     assert updates[0] == skip and updates[3] == skip
 
 
