@@ -177,7 +177,7 @@ def build_ui(app: SpareApp):
             model = gr.Textbox(
                 value=app.default_model[0],
                 label="model",
-                info=f"'{TOY_MODEL}' (the shipped toy model) or a local diffusers folder",
+                info=f"'{TOY_MODEL}' (the toy model), an SD 1.x/2.x/SDXL .safetensors file, or a diffusers folder",
                 elem_id="spare-model",
             )
             device = gr.Textbox(value=app.default_model[1], label="device", info="cpu, cuda, cuda:N or mps")

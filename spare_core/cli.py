@@ -42,7 +42,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default=None, help="'toy' (the shipped toy model, default) or a local diffusers pipeline folder"
+        "--model",
+        default=None,
+        help="'toy' (the shipped toy model, default), a Stable Diffusion 1.x/2.x/SDXL .safetensors checkpoint file, "
+        "or a local diffusers pipeline folder",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument(
