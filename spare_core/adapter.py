@@ -135,6 +135,7 @@ class SparseLoRA(nn.Module):
         branches = []
         for name, w in weights.items():
             branch = LoraBranch(modules[name], w.rank, w.alpha)
+            w = _fit_one_by_one(w, branch)
             if branch.down.shape != w.down.shape or branch.up.shape != w.up.shape:
                 raise ValueError(
                     f"LoRA weights for {name} have shapes {tuple(w.down.shape)}/{tuple(w.up.shape)}, "
@@ -199,6 +200,19 @@ class SparseLoRA(nn.Module):
     def export(self) -> dict[str, LoraModuleWeights]:
         """Plain LoRA weights per module name, ready for :func:`spare_core.lora_file.save_lora_file`."""
         return {name: b.export() for name, b in zip(self.module_names, self.branches, strict=True)}
+
+
+def _fit_one_by_one(w: LoraModuleWeights, branch: LoraBranch) -> LoraModuleWeights:
+    """Read a 1x1-conv LoRA on a Linear, or a linear LoRA on a 1x1 conv, as the same update.
+
+    SD1's ``proj_in``/``proj_out`` are 1x1 convs, SD2's and SDXL's are Linears; tools differ in which
+    shape they write, and ComfyUI and Automatic1111 reshape either way (the update is the same matrix).
+    """
+    if branch.kind == "linear" and w.down.dim() == 4 and tuple(w.down.shape[2:]) == (1, 1):
+        return LoraModuleWeights(w.down.flatten(1), w.up.flatten(1), w.alpha)
+    if branch.kind == "conv" and w.down.dim() == 2 and tuple(branch.down.shape[2:]) == (1, 1):
+        return LoraModuleWeights(w.down[:, :, None, None], w.up[:, :, None, None], w.alpha)
+    return w
 
 
 @contextmanager

@@ -9,6 +9,7 @@ no timings, so that the same settings and seed give byte-identical files.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +27,19 @@ from .lora_file import (
     check_lora_arch,
     lora_file_metadata,
     lora_file_tensors,
-    parse_lora_tensors,
+    parse_lora_file_layers,
     read_safetensors,
     resolve_layers,
     safetensors_bytes,
+    short_list,
 )
 
 if TYPE_CHECKING:
     from .erasure import ErasureResult
 
 SPARE_VERSION = "0.1.0"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,8 +62,20 @@ class Lora:
         return path
 
     def layers(self) -> dict[str, LoraModuleWeights]:
-        """The LoRA's layers by kohya layer name, as float32 (LoraFileError if broken)."""
-        return parse_lora_tensors(Path(self.source), self.tensors, self.metadata, None)
+        """The LoRA's UNet layers by kohya layer name, as float32 (LoraFileError if the file is broken).
+
+        Text-encoder layers (``lora_te_*``, ``lora_te1_*``, ``lora_te2_*``) are checked but not included:
+        see :meth:`text_encoder_layers`.
+        """
+        return parse_lora_file_layers(Path(self.source), self.tensors, self.metadata, None)[0]
+
+    def text_encoder_layers(self) -> dict[str, LoraModuleWeights]:
+        """The text-encoder layers of a file made by another tool (SPARE's own files have none).
+
+        SPARE's adapter changes the UNet only, so :meth:`adapter` skips these (with a logged warning);
+        the ComfyUI node hands them to ComfyUI's own loader, which applies them to the CLIP.
+        """
+        return parse_lora_file_layers(Path(self.source), self.tensors, self.metadata, None)[1]
 
     @property
     def arch(self) -> str | None:
@@ -72,8 +88,13 @@ class Lora:
         return ErasureConfig.from_json(self.metadata["spare_config"])
 
     def describe(self) -> dict[str, Any]:
-        """What the LoRA holds, as data: architecture, concepts, settings, modules, size."""
-        layers = self.layers()
+        """What the LoRA holds, as data: architecture, concepts, settings, modules, size.
+
+        ``skipped_text_encoder_layers`` lists the text-encoder layers of a file from another tool,
+        which SPARE's own adapter does not apply (empty for SPARE's files).
+        """
+        layers, text_layers = parse_lora_file_layers(Path(self.source), self.tensors, self.metadata, None)
+        ranks = [w.rank for w in (layers or text_layers).values()]
         md = self.metadata
         settings = None
         if "spare_config" in md:
@@ -83,7 +104,7 @@ class Lora:
             "bytes": len(self.to_bytes()),
             "arch": md.get("spare_arch") or md.get("ss_base_model_version") or "unknown",
             "base_model": md.get("spare_base_model") or md.get("ss_base_model_version") or "unknown",
-            "rank": md.get("ss_network_dim", str(max(w.rank for w in layers.values()))),
+            "rank": md.get("ss_network_dim", str(max(ranks))),
             "alpha": md.get("ss_network_alpha", "?"),
             "concepts": json.loads(md["spare_concepts"]) if "spare_concepts" in md else [],
             "settings": settings,
@@ -92,12 +113,21 @@ class Lora:
                 {"layer": layer, "down": list(w.down.shape), "up": list(w.up.shape), "alpha": w.alpha}
                 for layer, w in sorted(layers.items())
             ],
+            "skipped_text_encoder_layers": sorted(text_layers),
         }
 
     def adapter(self, backend: DiffusionBackend) -> SparseLoRA:
         """A :class:`SparseLoRA` on ``backend``'s model holding these weights (LoraFileError if it does not fit)."""
         check_lora_arch(Path(self.source), self.metadata, backend.arch)
-        layers = self.layers()
+        layers, text_layers = parse_lora_file_layers(Path(self.source), self.tensors, self.metadata, None)
+        name = Path(self.source).name
+        if text_layers:
+            logger.warning(
+                "%s: %d text-encoder layer(s) not applied (SPARE's adapter changes the UNet only): %s",
+                name, len(text_layers), short_list(sorted(text_layers)),
+            )  # fmt: skip
+        if not layers:
+            raise LoraFileError(f"{name} holds text-encoder layers only; SPARE applies UNet layers: nothing to apply")
         names = resolve_layers(Path(self.source), list(layers), backend.lora_layer_table())
         try:
             return SparseLoRA.from_weights(backend.denoiser(), {names[layer]: w for layer, w in layers.items()})

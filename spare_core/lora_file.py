@@ -7,6 +7,13 @@ Per adapted module ``<layer>`` (see :mod:`.lora_naming`) the file holds exactly
 loaded", so everything else goes into string metadata. Files are read with
 safetensors only (never pickle), and written byte for byte deterministically:
 the same tensors and metadata give the same file.
+
+Reading also takes plain kohya LoRAs made by other tools: UNet layers in either
+spelling, ``alpha`` optional (missing: alpha = rank, scale 1), conv layers with a
+4-D ``lora_down`` (kohya's conv LoRA, "LoCon" without a Tucker core), and
+text-encoder layers (``lora_te_*``, ``lora_te1_*``, ``lora_te2_*``), which are
+kept apart from the UNet layers. Other adapter formats (LoHa, LoKr, DoRA, LoCon
+with ``lora_mid``, OFT, PEFT ``lora_A``/``lora_B``) are refused by name.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,40 +261,79 @@ def check_lora_arch(path: Path, metadata: Mapping[str, str], expected_arch: str 
     )
 
 
+#: Layer-name prefixes of text-encoder LoRA layers in kohya files (SD1/SD2: ``lora_te_``; SDXL: ``lora_te1_``
+#: and ``lora_te2_``; kohya sd-scripts ``networks/lora.py`` LORA_PREFIX_TEXT_ENCODER*).
+TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_")
+
+
+def is_text_encoder_layer(layer: str) -> bool:
+    """Whether a kohya layer name belongs to a text encoder (``lora_te_``, ``lora_te1_``, ``lora_te2_``)."""
+    return layer.startswith(TEXT_ENCODER_PREFIXES)
+
+
+# Other adapter formats, recognised by their tensor names, and what to call them. The key names are those of
+# LyCORIS (KohakuBlueLeaf/LyCORIS ``lycoris/modules/loha.py``, ``lokr.py``, ``locon.py`` with Tucker, and
+# ``weight_decompose``/``dora_scale``) and of peft / diffusers (``lora_A``/``lora_B``, ``lora.down``/``lora.up``).
+_FOREIGN_FORMATS: tuple[tuple[str, str], ...] = (
+    ("hada_", "a LoHa file (hada_* keys)"),
+    ("lokr_", "a LoKr file (lokr_* keys)"),
+    ("dora_scale", "a DoRA file (dora_scale keys)"),
+    ("lora_mid", "a LoCon file with a Tucker core (lora_mid keys)"),
+    ("oft_", "an OFT file (oft_* keys)"),
+    ("lora_A", "a PEFT-style file (lora_A/lora_B keys)"),
+    ("lora_B", "a PEFT-style file (lora_A/lora_B keys)"),
+    ("lora.down", "a diffusers attention-processor file (lora.down/lora.up keys)"),
+    ("lora.up", "a diffusers attention-processor file (lora.down/lora.up keys)"),
+    ("lora_linear_layer", "a diffusers attention-processor file (lora_linear_layer keys)"),
+)
+
+
+def foreign_format(keys: Iterable[str]) -> str | None:
+    """What other adapter format tensor names show (e.g. "a LoHa file (hada_* keys)"), or None for none."""
+    for key in keys:
+        layer, _, part = key.partition(".")
+        for marker, what in _FOREIGN_FORMATS:
+            # kohya-layout formats put their marker after the first dot; peft/diffusers ones anywhere in the key.
+            if marker in part or (marker.startswith("lora") and marker in key):
+                return what
+    return None
+
+
 def _describe_extra(key: str) -> str:
     """What a tensor that is not a kohya LoRA down/up/alpha probably is, for the error message."""
     layer, _, part = key.partition(".")
-    if layer.startswith(("lora_te_", "lora_te1_", "lora_te2_")):
-        return "a text-encoder LoRA layer (SPARE LoRAs change the UNet only)"
-    if "lora_A" in key or "lora_B" in key or ".lora.down." in key or ".lora.up." in key:
-        return "a PEFT/diffusers-style weight (not kohya layout)"
-    if "dora_scale" in part:
-        return "a DoRA magnitude (dora_scale), not plain LoRA"
-    if "hada_" in part:
-        return "a LoHa weight, not plain LoRA"
-    if "lokr_" in part:
-        return "a LoKr weight, not plain LoRA"
-    if "lora_mid" in part:
-        return "a LoCon/Tucker mid weight, not plain LoRA"
-    if key.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")):
+    what = foreign_format([key])
+    if what is not None:
+        return what.removeprefix("a ").removeprefix("an ").replace(" file", " weight", 1)
+    if key.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")):
         return "a full model weight (the file looks like a checkpoint, not a LoRA)"
     if part.endswith(("diff", "diff_b")) or (key.endswith((".weight", ".bias")) and "lora" not in key):
         return "a full weight or bias (checkpoint or diff), not a LoRA factor"
     return "an unrecognised tensor"
 
 
-def _listed(items: Sequence[str]) -> str:
+def short_list(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
+_REFUSED = "; SPARE applies plain LoRA (lora_down/lora_up) only"
+
+
 def _group(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Group keys by layer, splitting at the first ``.`` as Automatic1111 and diffusers do."""
+    """Group keys by layer, splitting at the first ``.`` as Automatic1111 and diffusers do.
+
+    Other adapter formats (LoHa, LoKr, DoRA, LoCon with a Tucker core, PEFT) are refused by name.
+    """
+    what = foreign_format(tensors)
+    if what is not None:
+        example = next(k for k in sorted(tensors) if foreign_format([k]) is not None)
+        raise LoraFileError(f"{path.name} is {what}, e.g. {example!r}{_REFUSED}")
     layers: dict[str, dict[str, torch.Tensor]] = {}
     extras: list[str] = []
     for key, tensor in tensors.items():
         layer, _, part = key.partition(".")
-        if part in (DOWN, UP, ALPHA) and not layer.startswith("lora_te"):
+        if part in (DOWN, UP, ALPHA):
             layers.setdefault(layer, {})[part] = tensor
         else:
             extras.append(key)
@@ -299,7 +345,7 @@ def _group(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[st
     if extras:
         described = [f"{k!r} ({_describe_extra(k)})" for k in sorted(extras)]
         raise LoraFileError(
-            f"{path.name} holds {len(extras)} tensor(s) that are not kohya LoRA down/up/alpha: {_listed(described)}"
+            f"{path.name} holds {len(extras)} tensor(s) that are not kohya LoRA down/up/alpha: {short_list(described)}"
         )
     return layers
 
@@ -326,13 +372,29 @@ def _module_weights(path: Path, layer: str, parts: Mapping[str, torch.Tensor]) -
     return w
 
 
+def parse_lora_file_layers(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], expected_arch: str | None
+) -> tuple[dict[str, LoraModuleWeights], dict[str, LoraModuleWeights]]:
+    """A file's UNet layers and text-encoder layers (``lora_te*``), each by kohya layer name, as float32.
+
+    Raises LoraFileError for anything wrong: another architecture, another adapter format, broken weights.
+    """
+    check_lora_arch(path, metadata, expected_arch)
+    unet: dict[str, LoraModuleWeights] = {}
+    text: dict[str, LoraModuleWeights] = {}
+    for layer, parts in _group(path, tensors).items():
+        (text if is_text_encoder_layer(layer) else unet)[layer] = _module_weights(path, layer, parts)
+    return unet, text
+
+
 def parse_lora_tensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], expected_arch: str | None
 ) -> dict[str, LoraModuleWeights]:
-    """The LoRA layers of a file's tensors, by kohya layer name, as float32; LoraFileError for anything wrong."""
-    check_lora_arch(path, metadata, expected_arch)
-    layers = _group(path, tensors)
-    return {layer: _module_weights(path, layer, parts) for layer, parts in layers.items()}
+    """The UNet LoRA layers of a file's tensors, by kohya layer name, as float32; LoraFileError for anything wrong.
+
+    Text-encoder layers are checked too but left out (see :func:`parse_lora_file_layers`).
+    """
+    return parse_lora_file_layers(path, tensors, metadata, expected_arch)[0]
 
 
 def resolve_layers(path: Path, layers: Sequence[str], table: Mapping[str, str]) -> dict[str, str]:
@@ -346,7 +408,7 @@ def resolve_layers(path: Path, layers: Sequence[str], table: Mapping[str, str]) 
             unknown.append(layer)
     if unknown:
         raise LoraFileError(
-            f"{path.name}: {len(unknown)} layer(s) match no module of this UNet: {_listed(sorted(unknown))}. "
+            f"{path.name}: {len(unknown)} layer(s) match no module of this UNet: {short_list(sorted(unknown))}. "
             "Is the LoRA for another model?"
         )
     seen: dict[str, str] = {}
@@ -369,7 +431,12 @@ def load_lora_file(
     """
     path = Path(path)
     tensors, metadata = read_safetensors(path)
-    weights = parse_lora_tensors(path, tensors, metadata, expected_arch)
+    weights, text_layers = parse_lora_file_layers(path, tensors, metadata, expected_arch)
+    if text_layers:
+        logger.warning(
+            "%s: %d text-encoder layer(s) skipped (UNet layers only): %s",
+            path.name, len(text_layers), short_list(sorted(text_layers)),
+        )  # fmt: skip
     names = resolve_layers(path, list(weights), kohya_layer_table(unet_module_names, unet_config))
     logger.info("loaded LoRA %s: %d modules", path.name, len(weights))
     return {names[layer]: w for layer, w in weights.items()}, metadata

@@ -308,6 +308,18 @@ class ApplySparseLoRA(io.ComfyNode):
             import folder_paths
 
             lora = engine.read_lora(folder_paths.get_full_path_or_raise("loras", lora_name))
+        # A kohya file from another tool may hold text-encoder layers (lora_te_*): ComfyUI's own loader applies
+        # them to the CLIP when one is connected; without a CLIP they are left out, with a warning.
+        text_layers = lora.text_encoder_layers()
+        if text_layers and clip is None:
+            logger.warning(
+                "%s: %d text-encoder layer(s) not applied (connect a CLIP to apply them): %s",
+                lora.source, len(text_layers), ", ".join(sorted(text_layers)[:5]),
+            )  # fmt: skip
+            lora = engine.Lora(
+                {k: v for k, v in lora.tensors.items() if k.partition(".")[0] not in text_layers},
+                lora.metadata, lora.source,
+            )  # fmt: skip
         patched_model, patched_clip = apply_lora(model, clip, lora, strength)
         return io.NodeOutput(patched_model, patched_clip)
 

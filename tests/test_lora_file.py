@@ -400,17 +400,26 @@ def test_error_other_architecture(sd1_unet, tmp_path, metadata, message):
 @pytest.mark.parametrize(
     ("key", "what"),
     [
-        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.dora_scale", "DoRA"),
-        ("lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", "text-encoder"),
-        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", "PEFT"),
-        ("lora_unet_conv_in.hada_w1_a", "LoHa"),
-        ("spare_config", "unrecognised"),
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.dora_scale", "is a DoRA file"),
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", "is a PEFT-style file"),
+        ("lora_unet_conv_in.hada_w1_a", "is a LoHa file"),
+        ("spare_config", "not kohya LoRA down/up/alpha.*unrecognised"),
+        ("lora_unet_conv_in.diff", "not kohya LoRA down/up/alpha.*full weight or bias"),
     ],
 )
 def test_error_extra_tensors(sd1_unet, tmp_path, key, what):
     tensors = _pair(sd1_unet) | {key: torch.zeros(1)}
-    with pytest.raises(LoraFileError, match=f"not kohya LoRA down/up/alpha.*{what}"):
+    with pytest.raises(LoraFileError, match=what):
         _load(_bad_file(tmp_path, tensors), sd1_unet, "sd1")
+
+
+def test_text_encoder_layers_are_read_apart_and_skipped(sd1_unet, tmp_path, caplog):
+    te = "lora_te_text_model_encoder_layers_0_self_attn_k_proj"
+    tensors = _pair(sd1_unet) | {f"{te}.lora_down.weight": torch.ones(2, 8), f"{te}.lora_up.weight": torch.ones(8, 2)}
+    with caplog.at_level("WARNING"):
+        loaded, _ = _load(_bad_file(tmp_path, tensors), sd1_unet, "sd1")
+    assert set(loaded) == {TO_K}
+    assert "1 text-encoder layer(s) skipped" in caplog.text and te in caplog.text
 
 
 def test_error_same_module_in_both_namings(sd1_unet, tmp_path):
