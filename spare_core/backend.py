@@ -35,6 +35,18 @@ The contract, in words (``tests/test_backend_contract.py`` checks it on every ba
    for backward, the backend must not make that impossible.
 8. **Domain.** ``domain`` is the prompt world the model comes with (the toy model
    supplies its own), or ``None`` for the generic defaults.
+9. **Model settings (optional method).** ``configure(resolution=0, prediction="")``
+   applies the two model-level settings of :class:`~spare_core.config.ErasureConfig`:
+   ``resolution`` is the square side in pixels of what ``sample`` draws and
+   ``encode_images`` takes (``image_size`` and ``latent_shape`` follow it; 0 is the
+   model's native size); ``prediction`` forces the model's output type (``"eps"``
+   or ``"v"``; ``""`` is what the model itself says), for predictions and sampling
+   alike. A value the model cannot take raises ``SettingsError`` saying what to
+   use instead. The setting holds until the next call, and ``configure()`` with no
+   arguments restores the model's own behaviour. Every stage calls it first with
+   its config's values (:func:`apply_model_settings`), so a stage always runs with
+   its own settings; anything run afterwards on the same backend (previews) uses
+   the last stage's. A backend without ``configure`` runs only with the defaults.
 """
 
 from __future__ import annotations
@@ -149,6 +161,38 @@ class DiffusionBackend(Protocol):
     def lora_layer_table(self) -> Mapping[str, str]:
         """Every kohya layer name a file may use for this model (any spelling) -> module name."""
         ...
+
+
+def apply_model_settings(backend: DiffusionBackend, resolution: int = 0, prediction: str = "") -> None:
+    """``backend.configure(resolution, prediction)``; a backend without ``configure`` accepts only the defaults."""
+    configure = getattr(backend, "configure", None)
+    if configure is not None:
+        configure(resolution=resolution, prediction=prediction)
+    elif resolution or prediction:
+        from .config import SettingsError
+
+        raise SettingsError(
+            f"this model ({type(backend).__name__}) cannot change its resolution or prediction type: "
+            "leave resolution at 0 and prediction empty"
+        )
+
+
+def check_resolution(resolution: int, multiple: int, native: int) -> int:
+    """The image side to draw at: ``native`` for 0, else ``resolution`` if it is a positive multiple of ``multiple``.
+
+    Raises ``SettingsError`` naming the nearest sizes that fit.
+    """
+    from .config import SettingsError
+
+    if resolution == 0:
+        return native
+    if resolution < 0 or resolution % multiple:
+        below = max(multiple, (max(resolution, 0) // multiple) * multiple)
+        raise SettingsError(
+            f"resolution {resolution} does not fit this model: its images must be a multiple of {multiple} px "
+            f"(e.g. {below} or {below + multiple}), or 0 for its native {native} px"
+        )
+    return resolution
 
 
 def vp_add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ SALIENCY_MODES = ("denoise", "forget", "forget_over_retain")
 MODULE_SCOPES = ("all", "attention", "cross_attention", "text")
 #: How training timesteps are drawn.
 TIMESTEP_MODES = ("profile", "uniform")
+#: Prediction types a user may force ("" = what the model itself says; see ``ErasureConfig.prediction``).
+PREDICTION_TYPES = ("", "eps", "v")
 #: Image files read from a user's folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -59,7 +61,7 @@ class Setting:
 
     def range_text(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(self.choices)
+            return "one of " + ", ".join(c if c else '""' for c in self.choices)
         if self.minimum is not None and self.maximum is not None:
             return f"{_number(self.minimum)} to {_number(self.maximum)}"
         if self.minimum is not None:
@@ -148,6 +150,26 @@ class ErasureConfig:
 
     concepts: list[ConceptPair]
     base_model: str = "toy"
+    # ---------------------------------------------------------------- model
+    resolution: int = _setting(
+        0,
+        "int",
+        "pixel size (square side) of the generated sets and of the training images: lower it to save time and "
+        "memory, e.g. SDXL at 768 or SD 1.5 at 384; it must be a multiple of what the model's VAE and UNet "
+        "downsample by (64 for SD, 32 for SDXL) (0: the model's native size)",
+        minimum=0,
+        maximum=4096,
+        group="model",
+    )
+    prediction: str = _setting(
+        "",
+        "choice",
+        "what the model predicts, for checkpoints whose type cannot be detected (SD 2.x 768-v models saved "
+        "without their scheduler config): eps (the noise) or v (v-prediction) (empty: what the model says)",
+        choices=PREDICTION_TYPES,
+        advanced=True,
+        group="model",
+    )
     # ---------------------------------------------------------------- data
     forget_prompts: list[str] = _setting(
         (),

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .adapter import SparseLoRA
-from .backend import DiffusionBackend
+from .backend import DiffusionBackend, apply_model_settings
 from .config import ErasureConfig
 from .domain import Domain, GenericDomain
 from .events import CancelToken, EventCallback, Monitor
@@ -43,12 +43,22 @@ logger = logging.getLogger(__name__)
 DATA_SEED_BASE = 1_000_000
 #: Where each set's seeds start, after DATA_SEED_BASE + seed * 10_000 (fixed: caches and the bench rely on them).
 SET_SEED_OFFSETS = {"forget": 0, "surrogate": 2_500, "retain": 5_000}
+#: The model-level settings every stage applies to the backend first (``backend.configure``, contract item 9).
+MODEL_SETTINGS = ("resolution", "prediction")
 #: The settings that decide which modules a saliency selects (checked when a saved saliency is reused).
 SELECTION_SETTINGS = ("saliency_mode", "module_scope", "top_k", "module_fraction", "timestep_mode", "seed")
 
 
 class StageMismatch(ValueError):
     """A saved stage result does not belong to this erasure; the message says what differs."""
+
+
+def configure_backend(backend: DiffusionBackend, config: ErasureConfig) -> None:
+    """Apply ``config``'s model settings (resolution, prediction) to ``backend``; every stage calls it first.
+
+    A value the model cannot take raises ``SettingsError`` saying what to use.
+    """
+    apply_model_settings(backend, resolution=config.resolution, prediction=config.prediction)
 
 
 # --------------------------------------------------------------------------- stage 0: the sets
@@ -87,7 +97,8 @@ class ErasureSets:
         if tuple(tensors["forget_latents"].shape[1:]) != tuple(backend.latent_shape):
             raise StageMismatch(
                 f"{path} holds latents of shape {tuple(tensors['forget_latents'].shape[1:])}, "
-                f"the model's are {tuple(backend.latent_shape)}: the sets were made for another model"
+                f"the model's are {tuple(backend.latent_shape)}: the sets were made for another model "
+                "or at another resolution (configure the backend with the sets' settings first)"
             )
         return cls(prompts, _training_data(backend, prompts, tensors))
 
@@ -135,6 +146,8 @@ class _SetDrawer:
 def _cache_key(kind: str, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig) -> str:
     fields = [kind, config.base_model, str(per_prompt), str(seed), str(config.sample_steps)]
     fields += [str(config.sample_guidance), str(config.generation_batch_size), *prompts]
+    # Model settings shape the images too; at their defaults they stay out, so older caches remain valid.
+    fields += [f"{name}={getattr(config, name)}" for name in MODEL_SETTINGS if getattr(config, name)]
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
 
 
@@ -154,13 +167,15 @@ def prepare_sets(
     folders the config names, or ``forget_images``, ``[N, 3, H, W]`` in
     [-1, 1], centre-cropped and resized to the model's size; image ``i`` goes
     with forget prompt ``i mod n``), drawn in batches of
-    ``config.generation_batch_size``. With ``cache_dir`` each drawn set is
+    ``config.generation_batch_size``, all at ``config.resolution`` (0: the
+    model's native size). With ``cache_dir`` each drawn set is
     kept, keyed by everything that shapes it, and re-used; a cancelled run
     leaves no partial set there.
     """
     if forget_images is not None and config.forget_image_dir:
         raise ValueError("give your forget images either as forget_images or as forget_image_dir, not both")
     config.validate()
+    configure_backend(backend, config)
     monitor = Monitor(on_event, cancel)
     prompts = build_prompt_set(config, _domain_of(backend, domain))
     own = _users_images(backend, config, forget_images)
@@ -244,6 +259,7 @@ def measure_profile(
     With ``profile_contrast`` and a domain that names two other concepts of the
     same kind, the profile is divided by how much those two differ.
     """
+    configure_backend(backend, config)
     monitor = Monitor(on_event, cancel)
     prompts, data = sets.prompts, sets.data
     first = prompts.concept_of.index(0)
@@ -321,6 +337,7 @@ def select_modules(
     The result's ``selected`` holds the chosen modules; its scores hold, per
     module, the largest score any concept gave it (each scaled to a maximum of 1).
     """
+    configure_backend(backend, config)
     monitor = Monitor(on_event, cancel)
     if config.timestep_mode == "profile" and profile is None:
         profile = measure_profile(backend, config, sets, on_event=on_event, cancel=cancel)
@@ -424,6 +441,7 @@ def train(
     ``checkpoint_every`` steps and resumes from that file when started again.
     """
     config.validate()
+    configure_backend(backend, config)
     check_saliency(saliency, config)
     sampler = timestep_sampler(backend, config, profile)
     masks = saliency.row_masks(saliency.selected, config.channel_fraction) if config.channel_fraction < 1 else None

@@ -15,6 +15,13 @@ and ``sqrt(1 - a_t) = sigma / sqrt(sigma^2 + 1)``, the two differ by one factor:
   ``apply_model`` already converts the model's output to ``x0``. The arithmetic around
   the model runs in float64 so that small sigmas lose no precision.
 
+SDXL (a MODEL with ``adm_in_channels``) also reads ``y``, the "adm" vector ComfyUI's
+``model_base.SDXL.encode_adm`` makes from the CLIP's pooled output and the size
+conditioning (height, width, crop, target size): ``encode_prompts`` returns it as the
+``y`` extra (sizes = the drawing size, crop 0, as ``CLIPTextEncodeSDXL`` with equal
+sizes), ``predict_noise`` hands it to ``apply_model``, and ``sample`` puts the pooled
+output and sizes in the conditioning's dict, from which ComfyUI's sampler makes ``y``.
+
 The denoiser is ``MODEL.model.diffusion_model``, the module every clone of the MODEL
 shares, with ComfyUI's CompVis module names (``input_blocks.1.1.transformer_blocks.0.attn2.to_k``).
 The engine's adapters attach forward hooks to it only inside ``adapter.applied()``
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._engine import architectures, lora_naming
+from ._engine import architectures, engine, lora_naming
 from ._engine import backend as contract
 
 if TYPE_CHECKING:
@@ -39,16 +46,20 @@ if TYPE_CHECKING:
 Conditioning = contract.Conditioning
 
 #: Default image side per architecture when none is given (SD 2.x v-prediction models are 768 px).
-_DEFAULT_IMAGE_SIZE = {"sd1": 512, "sd2": 512}
+_DEFAULT_IMAGE_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
 #: Prompts per batch when sampling (each image still from its own seed's noise).
 SAMPLE_BATCH = 16
 
 
 def detect_arch(unet_config: Mapping[str, Any]) -> str:
-    """``sd1`` or ``sd2`` from ComfyUI's unet_config (cross-attention width), never from a file name."""
-    if unet_config.get("adm_in_channels"):
-        raise ValueError("this MODEL has pooled/size conditioning (SDXL-like): the ComfyUI backend handles SD 1.x/2.x")
+    """``sd1``, ``sd2`` or ``sdxl`` from ComfyUI's unet_config (cross-attention width, adm), never from a file name."""
     dim = unet_config.get("context_dim")
+    if unet_config.get("adm_in_channels"):
+        if dim == 2048:
+            return "sdxl"
+        raise ValueError(
+            f"this MODEL has pooled/size conditioning with context_dim {dim}: of those only SDXL (2048) is handled"
+        )
     if dim == 768:
         return "sd1"
     if dim == 1024:
@@ -145,13 +156,36 @@ class ComfyBackend:
         architectures.get_architecture(self.arch)  # a registered architecture, or ValueError
         self._unet_config = dict(unet_config) if unet_config is not None else diffusers_layout(comfy_config)
         self._in_channels = int(comfy_config.get("in_channels", 4))
+        self._adm = bool(comfy_config.get("adm_in_channels"))
+        self.conditioning_extras = ("y",) if self._adm else ()
         self.num_train_timesteps = int(self._model_sampling().sigmas.shape[0])
         if image_size is None:
             if self.arch not in _DEFAULT_IMAGE_SIZE:
                 raise ValueError(f"give image_size for a {self.arch!r} model")
             image_size = _DEFAULT_IMAGE_SIZE[self.arch]
         self._image_size = int(image_size)
+        self._native_image_size = self._image_size
         self._layer_table: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ model settings
+
+    def configure(self, resolution: int = 0, prediction: str = "") -> None:
+        """The model-level settings (contract item 9). ``resolution`` sets the drawing size (0: the size given
+        when the backend was made). ComfyUI decides the prediction type in the MODEL itself (its
+        ModelSamplingDiscrete node overrides it), so ``prediction`` must agree with the MODEL's."""
+        import comfy.model_base
+
+        multiple = self._downscale * 2 ** (len(self.model.model.model_config.unet_config.get("channel_mult", [1])) - 1)
+        side = contract.check_resolution(int(resolution), multiple, self._native_image_size)
+        own = {comfy.model_base.ModelType.EPS: "eps", comfy.model_base.ModelType.V_PREDICTION: "v"}.get(
+            getattr(self.model.model, "model_type", None)
+        )
+        if prediction and prediction != own:
+            raise engine.SettingsError(
+                f"this MODEL predicts {own or 'something else'}, not {prediction}: in ComfyUI set the prediction "
+                "type with a ModelSamplingDiscrete node before the SPARE nodes, and leave prediction empty here"
+            )
+        self._image_size = side
 
     # ------------------------------------------------------------------ what the model is
 
@@ -194,18 +228,23 @@ class ComfyBackend:
         c = 1.0 / torch.sqrt(s * s + 1.0)
         return (c * x0.double() + (s * c) * noise.double()).to(x0.dtype)
 
-    def _denoised(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``apply_model`` on a sigma-space input, with the MODEL's transformer options."""
+    def _denoised(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``apply_model`` on a sigma-space input, with the MODEL's transformer options (and SDXL's ``y``)."""
         options = dict(self.model.model_options.get("transformer_options", {}))
         options["sigmas"] = sigma
-        return self.model.model.apply_model(x, sigma, c_crossattn=context.to(self.device), transformer_options=options)
+        extra = {"y": y.to(self.device)} if y is not None else {}
+        return self.model.model.apply_model(
+            x, sigma, c_crossattn=context.to(self.device), transformer_options=options, **extra
+        )
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         device = x_t.device
         sigma = self._sigmas(t, device)
         s = sigma.view(-1, *([1] * (x_t.dim() - 1)))
         x = x_t.to(device, torch.float64) * torch.sqrt(s * s + 1.0)
-        denoised = self._denoised(x, sigma, cond.hidden_states)
+        denoised = self._denoised(x, sigma, cond.hidden_states, cond.extra.get("y"))
         return ((x - denoised.to(torch.float64)) / s).to(x_t.dtype)
 
     # ------------------------------------------------------------------ prompts and images
@@ -213,12 +252,26 @@ class ComfyBackend:
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Each prompt as ComfyUI's CLIPTextEncode encodes it (``tokenize`` + ``encode_from_tokens_scheduled``)."""
-        parts = []
+        parts, ys = [], []
         for prompt in prompts:
             encoded = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
             parts.append(encoded[0][0])
+            if self._adm:
+                ys.append(self.model.model.encode_adm(**encoded[0][1], **self._size_conditioning()))
         hidden = torch.cat(_equal_length(parts))
-        return Conditioning(hidden.to(self.device, self.dtype))
+        extra = {"y": torch.cat(ys).to(self.device, self.dtype)} if self._adm else {}
+        return Conditioning(hidden.to(self.device, self.dtype), extra)
+
+    def _size_conditioning(self) -> dict[str, int]:
+        """SDXL's size conditioning as ComfyUI's conditioning dicts spell it: the drawing size, no crop."""
+        side = self._image_size
+        return dict(width=side, height=side, crop_w=0, crop_h=0, target_width=side, target_height=side)
+
+    def _with_sizes(self, conditioning: list) -> list:
+        """A CLIPTextEncode conditioning with the size conditioning added to each dict (SDXL only)."""
+        if not self._adm:
+            return conditioning
+        return [[c, {**d, **self._size_conditioning()}] for c, d in conditioning]
 
     def _need_vae(self):
         if self.vae is None:
@@ -258,11 +311,11 @@ class ComfyBackend:
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        negative = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(""))
+        negative = self._with_sizes(self.clip.encode_from_tokens_scheduled(self.clip.tokenize("")))
         callback = (lambda step, x0, x, total: on_step()) if on_step is not None else None
         out = []
         for start, end in _runs(prompts, SAMPLE_BATCH):
-            positive = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompts[start]))
+            positive = self._with_sizes(self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompts[start])))
             noise = torch.stack(
                 [
                     torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))

@@ -147,6 +147,70 @@ def sd15_backend(sd15_pipe):
     return DiffusersBackend(sd15_pipe)
 
 
+#: SDXL's UNet layout (stabilityai/stable-diffusion-xl-base-1.0 ``unet/config.json``) at reduced width: the same
+#: 3 levels, block types, layers per block and text_time embedding; SDXL's widths in the comments.
+SDXL_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 128),  # (320, 640, 1280)
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 1, 2),  # (1, 2, 10)
+    attention_head_dim=(2, 4, 8),  # (5, 10, 20)
+    use_linear_projection=True,
+    cross_attention_dim=64,  # 2048 = 768 + 1280: the two text encoders' widths below, 32 + 32
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,  # 256
+    projection_class_embeddings_input_dim=6 * 8 + 32,  # 2816 = 6 * 256 + 1280 (six size numbers + pooled)
+)
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe():
+    """An SDXL-shaped ``StableDiffusionXLPipeline`` with random weights and reduced widths, built in code.
+
+    Two small CLIP text encoders (the second with a projection: the pooled embedding), the toy
+    word-level tokenizer for both, a tiny four-block ``AutoencoderKL`` (64 px images, 8 x 8
+    latents) and SDXL's Euler scheduler on SD's noise schedule. Nothing is downloaded.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from spare_core.toy.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+
+    def text_config(layers: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+            pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        )  # fmt: skip
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=64,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}, timestep_spacing="leading")  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=vae.eval(),
+        text_encoder=CLIPTextModel(text_config(2)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(2)).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=UNet2DConditionModel(**SDXL_UNET).eval(),
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 #: The ComfyUI test double (stand-ins for ``comfy``, ``comfy_api``, ``folder_paths``, ``server``).
 COMFY_DOUBLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "comfy", "double")
 
@@ -200,6 +264,24 @@ def comfy_sd15(comfy_double, sd15_pipe):
         model = comfy_double.wrap_unet(sd15_pipe.unet, prediction="eps", beta_schedule="linear")
         clip = comfy_double.wrap_clip(sd15_pipe.text_encoder, sd15_pipe.tokenizer)
         return model, clip, comfy_double.wrap_vae(sd15_pipe.vae)
+
+
+@pytest.fixture(scope="session")
+def comfy_sdxl(comfy_double, sdxl_pipe):
+    """The SDXL-shaped pipeline as (MODEL, CLIP, VAE) around inference-mode copies: an SDXL MODEL (label_emb reads
+    ComfyUI's adm vector y), an SDXL CLIP (clip_l + clip_g, pooled from clip_g), EPS on SD's "linear" schedule."""
+    import copy
+
+    import torch
+
+    with torch.inference_mode():
+        unet, te_l, te_g, vae = (
+            comfy_double.inference_copy(copy.deepcopy(m))
+            for m in (sdxl_pipe.unet, sdxl_pipe.text_encoder, sdxl_pipe.text_encoder_2, sdxl_pipe.vae)
+        )
+        model = comfy_double.wrap_unet(unet, prediction="eps", beta_schedule="linear", scale_factor=0.13025)
+        clip = comfy_double.wrap_sdxl_clip(te_l, te_g, sdxl_pipe.tokenizer)
+        return model, clip, comfy_double.wrap_vae(vae)
 
 
 @pytest.hookimpl(hookwrapper=True)

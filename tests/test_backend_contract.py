@@ -64,8 +64,11 @@ BACKENDS = [
     "fake",
     "toy",
     pytest.param("sd15", marks=SLOW),
+    # SDXL's layout at reduced width (``sdxl_pipe`` in conftest.py): two text encoders, pooled and size extras.
+    "sdxl",
     # The ComfyUI backend (spare_nodes/comfy_backend.py) over the ComfyUI test double (tests/comfy/double).
     "comfy_toy",
+    "comfy_sdxl",
     pytest.param("comfy_sd15", marks=SLOW),
 ]
 #: Backends whose noising and prediction are checked: the above plus an SD2-style v-prediction variant.
@@ -216,6 +219,60 @@ def sd15v_case(sd15_pipe) -> Case:
     return case
 
 
+#: SDXL block numbering (kohya sd-scripts writes SDXL files in CompVis spelling), written out by hand for the
+#: fixture's layout: levels Down / CrossAttnDown / CrossAttnDown, two layers each, 1 / 1 / 2 transformer blocks.
+SDXL_KOHYA = {
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k",
+    "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_v": "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_v",
+    "mid_block.attentions.0.transformer_blocks.1.attn2.to_out.0": (
+        "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0"
+    ),
+    "up_blocks.0.attentions.2.transformer_blocks.1.attn2.to_k": (
+        "lora_unet_output_blocks_2_1_transformer_blocks_1_attn2_to_k"
+    ),
+    "up_blocks.1.upsamplers.0.conv": "lora_unet_output_blocks_5_2_conv",
+    "down_blocks.0.downsamplers.0.conv": "lora_unet_input_blocks_3_0_op",
+    "up_blocks.2.resnets.2.conv_shortcut": "lora_unet_output_blocks_8_0_skip_connection",
+    "add_embedding.linear_1": "lora_unet_label_emb_0_0",
+}
+
+
+@pytest.fixture(scope="module")
+def sdxl_case(sdxl_pipe) -> Case:
+    """The SDXL backend; references: diffusers' DDPM forward process on the same betas (the pipeline samples
+    with Euler, which works in sigma space), and the UNet called with the extras as ``added_cond_kwargs``."""
+    from diffusers import DDPMScheduler
+
+    from spare_core.backends.sdxl_backend import SDXLBackend
+
+    reference = DDPMScheduler.from_config(sdxl_pipe.scheduler.config)
+
+    def raw(x_t, t, cond):
+        return sdxl_pipe.unet(
+            x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=dict(cond.extra)
+        ).sample
+
+    return Case(
+        backend=SDXLBackend(sdxl_pipe),
+        reference_add_noise=reference.add_noise,
+        raw_output=raw,
+        prediction_type=sdxl_pipe.scheduler.config.prediction_type,
+        alphas_cumprod=reference.alphas_cumprod.float(),
+        velocity=reference.get_velocity,
+        num_train_timesteps=1000,
+        extras=("text_embeds", "time_ids"),
+        kohya=SDXL_KOHYA,
+        train_modules=[
+            "up_blocks.0.attentions.2.transformer_blocks.1.attn2.to_k",
+            "mid_block.attentions.0.transformer_blocks.1.attn2.to_v",
+        ],
+        prompts=TOY_PROMPTS,
+        sample_steps=2,
+        guidance=3.0,
+        domain=None,
+    )
+
+
 def _comfy_case(comfy_double, parts, reference_pipe, **fields) -> Case:
     """The ComfyUI backend over a MODEL/CLIP/VAE of the double; references from ComfyUI's formulas and diffusers.
 
@@ -238,6 +295,7 @@ def _comfy_case(comfy_double, parts, reference_pipe, **fields) -> Case:
     def raw(x_t, t, cond):
         return unet(x_t, t, encoder_hidden_states=cond.hidden_states).sample
 
+    raw = fields.pop("raw", None) or raw
     scheduler = reference_pipe.scheduler
     get_velocity = getattr(scheduler, "get_velocity", None) or DDPMScheduler.from_config(scheduler.config).get_velocity
     backend_args = fields.pop("backend_args")
@@ -251,9 +309,52 @@ def _comfy_case(comfy_double, parts, reference_pipe, **fields) -> Case:
         alphas_cumprod=scheduler.alphas_cumprod.float(),
         velocity=get_velocity,
         num_train_timesteps=scheduler.config.num_train_timesteps,
-        extras=(),
-        **fields,
+        **{"extras": (), **fields},
     )
+
+
+#: SDXL files keep ComfyUI's own CompVis names (kohya's SDXL spelling).
+COMFY_SDXL_KOHYA = {
+    "input_blocks.4.1.transformer_blocks.0.attn2.to_k": "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k",
+    "middle_block.1.transformer_blocks.1.attn2.to_out.0": "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0",
+    "output_blocks.5.2.conv": "lora_unet_output_blocks_5_2_conv",
+    "label_emb.0.0": "lora_unet_label_emb_0_0",
+}
+
+
+@pytest.fixture(scope="module")
+def comfy_sdxl_case(comfy_double, comfy_sdxl, sdxl_pipe) -> Case:
+    """Raw output: the diffusers SDXL UNet with diffusers' own size conditioning (text_embeds = the pooled part of
+    ComfyUI's y, time_ids = the drawing size), so ComfyUI's adm vector is checked against diffusers' reading."""
+    unet = comfy_sdxl[0].model.diffusion_model._diffusers
+    pooled_dim = sdxl_pipe.text_encoder_2.config.projection_dim
+
+    def raw(x_t, t, cond):
+        side = 64
+        extras = {
+            "text_embeds": cond.extra["y"][:, :pooled_dim],
+            "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * len(x_t), dtype=x_t.dtype),
+        }
+        return unet(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=extras).sample
+
+    case = _comfy_case(
+        comfy_double,
+        comfy_sdxl,
+        sdxl_pipe,
+        backend_args=dict(arch="sdxl", image_size=64),
+        raw=raw,
+        extras=("y",),
+        kohya=COMFY_SDXL_KOHYA,
+        train_modules=[
+            "output_blocks.2.1.transformer_blocks.1.attn2.to_k",
+            "middle_block.1.transformer_blocks.0.attn2.to_v",
+        ],
+        prompts=TOY_PROMPTS,
+        sample_steps=2,
+        guidance=3.0,
+        domain=None,
+    )
+    return case
 
 
 #: CompVis module names -> kohya names in the diffusers spelling SD1 files use (toy layout: one

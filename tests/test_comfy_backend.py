@@ -186,7 +186,71 @@ def test_layer_names_and_arch(comfy_toy_backend, comfy_double):
         "input_blocks.3.1.transformer_blocks.0.attn2.to_k"
     )
     assert detect_arch({"context_dim": 768}) == "sd1" and detect_arch({"context_dim": 1024}) == "sd2"
-    with pytest.raises(ValueError, match="SDXL"):
-        detect_arch({"context_dim": 2048, "adm_in_channels": 2816})
+    assert detect_arch({"context_dim": 2048, "adm_in_channels": 2816}) == "sdxl"  # handled since SDXL support
     with pytest.raises(ValueError):
         detect_arch({"context_dim": 64})  # the toy: the caller names it
+
+
+# ---------------------------------------------------------------------------- SDXL (ComfyUI's adm conditioning)
+
+
+@pytest.fixture
+def comfy_sdxl_backend(comfy_sdxl):
+    from spare_nodes.comfy_backend import ComfyBackend
+
+    model, clip, vae = comfy_sdxl
+    with torch.inference_mode():
+        return ComfyBackend(model, clip, vae, arch="sdxl", image_size=64)
+
+
+def test_sdxl_is_detected_from_adm_and_context_width():
+    from spare_nodes.comfy_backend import detect_arch
+
+    assert detect_arch({"context_dim": 2048, "adm_in_channels": 2816}) == "sdxl"
+    with pytest.raises(ValueError, match="only SDXL"):
+        detect_arch({"context_dim": 1024, "adm_in_channels": 1536})  # SD 2.x unCLIP
+
+
+def test_sdxl_conditioning_is_comfyuis_adm_of_the_pooled_output_and_the_drawing_size(comfy_sdxl_backend, comfy_sdxl):
+    backend, (model, clip, _) = comfy_sdxl_backend, comfy_sdxl
+    assert backend.conditioning_extras == ("y",)
+    y = backend.encode_prompts(["a circle in red style"]).extra["y"]
+    _, pooled = clip.encode_from_tokens(clip.tokenize("a circle in red style"), return_pooled=True)
+    sizes = dict(width=64, height=64, crop_w=0, crop_h=0, target_width=64, target_height=64)
+    torch.testing.assert_close(y, model.model.encode_adm(pooled_output=pooled, **sizes))
+    assert y.shape[1] == model.model.model_config.unet_config["adm_in_channels"]
+    backend.configure(resolution=96)
+    moved = backend.encode_prompts(["a circle in red style"]).extra["y"]
+    torch.testing.assert_close(
+        moved, model.model.encode_adm(pooled_output=pooled, **{k: (96 if v else 0) for k, v in sizes.items()})
+    )
+    assert backend.latent_shape == (4, 12, 12) and tuple(backend.sample(["a dog"], [0], 1, 2.0).shape) == (1, 3, 96, 96)
+    with pytest.raises(engine_settings_error(), match=r"multiple of 32 px \(e.g. 96 or 128\)"):
+        backend.configure(resolution=100)
+    with pytest.raises(engine_settings_error(), match="ModelSamplingDiscrete"):
+        backend.configure(prediction="v")
+    backend.configure(prediction="eps")  # what the MODEL says: accepted
+    assert backend.image_size == 64
+
+
+def test_sdxl_sampling_gives_comfyuis_sampler_the_same_sizes(comfy_sdxl_backend, monkeypatch):
+    import comfy.sample
+
+    seen = []
+    real = comfy.sample.sample
+
+    def spy(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, *args, **kwargs):
+        seen.append((positive[0][1], negative[0][1]))
+        return real(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", spy)
+    comfy_sdxl_backend.sample(["a dog"], [1], 1, 2.0)
+    for info in seen[0]:
+        assert "pooled_output" in info
+        assert (info["width"], info["height"], info["target_width"], info["crop_w"]) == (64, 64, 64, 0)
+
+
+def engine_settings_error():
+    from spare_core import SettingsError
+
+    return SettingsError

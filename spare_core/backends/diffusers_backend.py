@@ -10,7 +10,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import nn
 
-from ..backend import Conditioning, StepCallback, adaptable_modules, vp_add_noise
+from ..backend import Conditioning, StepCallback, adaptable_modules, check_resolution, vp_add_noise
+from ..config import SettingsError
 from ..lora_naming import export_layer_names, kohya_layer_table
 from ..sampling import generate
 
@@ -48,8 +49,42 @@ class DiffusersBackend:
             raise ValueError(f"unsupported prediction type {self._prediction_type!r}; SPARE handles epsilon and v")
         self._alphas_cumprod = pipe.scheduler.alphas_cumprod.float().cpu()
         self._layer_table: dict[str, str] | None = None
-        for module in (pipe.unet, pipe.text_encoder, pipe.vae):
+        # What configure() may change: the drawing size (0: native) and the prediction type (the model's own).
+        self._native_scheduler = pipe.scheduler
+        self._model_prediction_type = self._prediction_type
+        self._resolution = 0
+        for module in self._frozen_modules():
             module.requires_grad_(False)
+
+    def _frozen_modules(self) -> tuple[nn.Module, ...]:
+        return (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae)
+
+    # ------------------------------------------------------------------ model settings
+
+    @property
+    def _native_image_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def _size_multiple(self) -> int:
+        """Pixels per latent cell times the UNet's downsampling: every image side must be a multiple of it."""
+        return self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+
+    def configure(self, resolution: int = 0, prediction: str = "") -> None:
+        """The model-level settings (contract item 9): drawing size in pixels (0: native) and the prediction type
+        (``"eps"``/``"v"``; ``""``: the scheduler's own). A forced type applies to ``predict_noise`` and to the
+        sampler (the pipeline gets a copy of its scheduler with that ``prediction_type``)."""
+        kinds = {"": self._model_prediction_type, "eps": "epsilon", "v": "v_prediction"}
+        if prediction not in kinds:
+            raise SettingsError(f"unknown prediction {prediction!r}; use eps, v, or empty for the model's own")
+        check_resolution(int(resolution), self._size_multiple, self._native_image_size)
+        self._resolution = int(resolution)
+        self._prediction_type = kinds[prediction]
+        native = self._native_scheduler
+        if self._prediction_type == self._model_prediction_type:
+            self.pipe.scheduler = native
+        else:
+            self.pipe.scheduler = type(native).from_config(native.config, prediction_type=self._prediction_type)
 
     @property
     def device(self) -> torch.device:
@@ -61,12 +96,12 @@ class DiffusersBackend:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.pipe.unet.config.sample_size
+        size = self._resolution // self.pipe.vae_scale_factor if self._resolution else self.pipe.unet.config.sample_size
         return (self.pipe.unet.config.in_channels, size, size)
 
     @property
     def image_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return self._resolution or self._native_image_size
 
     def denoiser(self) -> nn.Module:
         return self.pipe.unet
@@ -107,7 +142,15 @@ class DiffusersBackend:
         guidance_scale: float,
         on_step: StepCallback | None = None,
     ) -> torch.Tensor:
-        return generate(self.pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, on_step=on_step)
+        return generate(
+            self.pipe,
+            prompts,
+            seeds,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            on_step=on_step,
+            size=self._resolution or None,
+        )
 
     def lora_layer_names(self, module_names: Sequence[str]) -> dict[str, str]:
         return export_layer_names(module_names, self.arch, self.pipe.unet.config)

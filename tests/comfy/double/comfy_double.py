@@ -18,9 +18,9 @@ import comfy.utils
 import folder_paths
 import server
 import torch
-from comfy.model_base import BaseModel, ModelType
+from comfy.model_base import SDXL, BaseModel, ModelType
 from comfy.model_patcher import ModelPatcher
-from comfy.sd import CLIP, VAE, _ClipModel, _Tokenizer
+from comfy.sd import CLIP, VAE, _ClipModel, _SDXLClipModel, _SDXLTokenizer, _Tokenizer
 from torch import nn
 
 # ---------------------------------------------------------------- the UNet in CompVis names
@@ -67,6 +67,9 @@ class CompvisUNet(nn.Module):
             if down.downsamplers:
                 blocks.append(nn.ModuleList([_holder(op=down.downsamplers[0].conv)]))
         self.input_blocks = nn.ModuleList(blocks)
+        if getattr(unet, "add_embedding", None) is not None:  # SDXL: ComfyUI's label_emb reads the adm vector y
+            e = unet.add_embedding
+            self.label_emb = nn.Sequential(nn.Sequential(e.linear_1, e.act, e.linear_2))
         mid = unet.mid_block
         self.middle_block = nn.ModuleList([_resblock(mid.resnets[0]), mid.attentions[0], _resblock(mid.resnets[1])])
         blocks = []
@@ -93,7 +96,18 @@ class CompvisUNet(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
-        return self._diffusers(x, timesteps, encoder_hidden_states=context).sample
+        if y is None:
+            return self._diffusers(x, timesteps, encoder_hidden_states=context).sample
+        # ComfyUI adds label_emb(y) to the time embedding; diffusers' add_embedding is that module, so its input
+        # is replaced by y (the text_embeds/time_ids given to diffusers only shape what the hook discards).
+        unet = self._diffusers
+        sizes = 6 * unet.config.addition_time_embed_dim
+        extras = {"text_embeds": y[:, :-sizes], "time_ids": torch.zeros(len(y), 6, device=y.device, dtype=y.dtype)}
+        hook = unet.add_embedding.register_forward_pre_hook(lambda module, args: (y,))
+        try:
+            return self._diffusers(x, timesteps, encoder_hidden_states=context, added_cond_kwargs=extras).sample
+        finally:
+            hook.remove()
 
 
 def comfy_unet_config(config) -> dict:
@@ -116,7 +130,10 @@ def comfy_unet_config(config) -> dict:
         "transformer_depth_middle": 1,
         "context_dim": config["cross_attention_dim"],
         "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
-        "adm_in_channels": None,
+        "adm_in_channels": config.get("projection_class_embeddings_input_dim")
+        if config.get("addition_embed_type") == "text_time"
+        else None,
+        "adm_size_dim": config.get("addition_time_embed_dim"),  # double only: ComfyUI's Timestep(256) width
     }
 
 
@@ -149,7 +166,8 @@ def wrap_unet(
     )
     config.latent_format.latent_channels = unet.config["in_channels"]
     model_type = {"eps": ModelType.EPS, "v": ModelType.V_PREDICTION}[prediction]
-    base = BaseModel(config, CompvisUNet(unet), model_type=model_type)
+    model_class = SDXL if config.unet_config["adm_in_channels"] else BaseModel
+    base = model_class(config, CompvisUNet(unet), model_type=model_type)
     base.eval()
     mm = comfy.model_management
     return ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
@@ -166,6 +184,18 @@ def wrap_clip(text_encoder: nn.Module, tokenizer) -> CLIP:
     clip.tokenizer_options = {}
     clip.use_clip_schedule = False
     clip.apply_hooks_to_conds = None
+    return clip
+
+
+def wrap_sdxl_clip(text_encoder_l: nn.Module, text_encoder_g: nn.Module, tokenizer) -> CLIP:
+    """An SDXL CLIP (``comfy/sdxl_clip.py``): token dicts {"l", "g"}; cond = clip_l's and clip_g's penultimate
+    hidden states side by side, pooled = clip_g's projected pooled output."""
+    clip = wrap_clip(text_encoder_l, tokenizer)
+    clip.cond_stage_model = _SDXLClipModel(text_encoder_l, text_encoder_g)
+    clip.tokenizer = _SDXLTokenizer(tokenizer)
+    clip.cond_stage_model.empty_tokens = clip.tokenizer.tokenize_with_weights("")
+    mm = comfy.model_management
+    clip.patcher = ModelPatcher(clip.cond_stage_model, mm.text_encoder_device(), mm.unet_offload_device())
     return clip
 
 

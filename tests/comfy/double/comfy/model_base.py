@@ -48,8 +48,9 @@ class BaseModel(torch.nn.Module):
         xc = xc.to(dtype)
         timestep = self.model_sampling.timestep(t).float()
         context = None if c_crossattn is None else c_crossattn.to(xc.device, dtype)
+        extra = {"y": kwargs["y"].to(xc.device, dtype)} if kwargs.get("y") is not None else {}  # the adm vector
         model_output = self.diffusion_model(
-            xc, timestep, context=context, control=control, transformer_options=transformer_options or {}
+            xc, timestep, context=context, control=control, transformer_options=transformer_options or {}, **extra
         ).float()
         return self.model_sampling.calculate_denoised(sigma, model_output, x)
 
@@ -61,3 +62,28 @@ class BaseModel(torch.nn.Module):
 
     def process_latent_out(self, latent):
         return self.latent_format.process_out(latent)
+
+
+def _sinusoid(value: float, dim: int) -> torch.Tensor:
+    """ComfyUI ``Timestep(dim)`` of one number (``openaimodel.timestep_embedding``: cos half, then sin half)."""
+    half = dim // 2
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+    args = torch.tensor([float(value)]) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)])
+
+
+class SDXL(BaseModel):
+    """ComfyUI ``model_base.SDXL``: ``encode_adm`` = pooled output + Timestep embeddings of height, width,
+    crop_h, crop_w, target_height, target_width (defaults as ComfyUI's). The embedding width is the model
+    config's ``adm_size_dim`` (ComfyUI: 256; smaller in the reduced test model)."""
+
+    def encode_adm(self, **kwargs):
+        pooled = kwargs["pooled_output"]
+        width, height = kwargs.get("width", 768), kwargs.get("height", 768)
+        sizes = [
+            height, width, kwargs.get("crop_h", 0), kwargs.get("crop_w", 0),
+            kwargs.get("target_height", height), kwargs.get("target_width", width),
+        ]  # fmt: skip
+        dim = self.model_config.unet_config["adm_size_dim"]
+        flat = torch.cat([_sinusoid(v, dim) for v in sizes]).unsqueeze(0).repeat(pooled.shape[0], 1)
+        return torch.cat((pooled.float().cpu(), flat), dim=1)

@@ -50,12 +50,17 @@ def sample(
     n = x.shape[0]
     cond = _cond_tensor(positive).to(device).expand(n, -1, -1)
     uncond = _cond_tensor(negative).to(device).expand(n, -1, -1)
+    extra = {}
+    if getattr(base, "adm_channels", 0):  # SDXL: the adm vector y from each conditioning's dict (encode_adm)
+        size = {"width": noise.shape[-1] * 8, "height": noise.shape[-2] * 8}  # comfy/samplers.py defaults
+        ys = [base.encode_adm(**{**size, **c[0][1]}).to(device).expand(n, -1) for c in (positive, negative)]
+        extra["y"] = torch.cat(ys)
     options = dict(model.model_options.get("transformer_options", {}))
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
         batch = torch.cat([x, x])
         out = base.apply_model(
-            batch, sigma.repeat(2 * n), c_crossattn=torch.cat([cond, uncond]), transformer_options=options
+            batch, sigma.repeat(2 * n), c_crossattn=torch.cat([cond, uncond]), transformer_options=options, **extra
         ).to(x.dtype)
         positive_x0, negative_x0 = out.chunk(2)
         denoised = negative_x0 + (positive_x0 - negative_x0) * cfg

@@ -88,6 +88,42 @@ class _ClipModel(torch.nn.Module):
         return torch.cat(outs, dim=-2), pooled
 
 
+class _SDXLTokenizer:
+    """ComfyUI's SDXLTokenizer: the same text as {"g": ..., "l": ...} (one Hugging Face tokenizer for both here)."""
+
+    def __init__(self, hf_tokenizer):
+        self.l, self.g = _Tokenizer(hf_tokenizer, "l"), _Tokenizer(hf_tokenizer, "g")
+
+    def tokenize_with_weights(self, text: str, return_word_ids=False, **kwargs):
+        return {**self.g.tokenize_with_weights(text), **self.l.tokenize_with_weights(text)}
+
+
+class _SDXLClipModel(torch.nn.Module):
+    """ComfyUI ``sdxl_clip.SDXLClipModel``: clip_l and clip_g at their penultimate layer, concatenated;
+    the pooled output is clip_g's (projected). Weights other than 1 are not supported here."""
+
+    def __init__(self, text_encoder_l, text_encoder_g):
+        super().__init__()
+        self.clip_l, self.clip_g = text_encoder_l, text_encoder_g
+        self.empty_tokens = None
+
+    def reset_clip_options(self):
+        pass
+
+    def set_clip_options(self, options):
+        pass
+
+    def encode_token_weights(self, token_weight_pairs):
+        device = next(self.clip_g.parameters()).device
+        outs = []
+        for name, encoder in (("l", self.clip_l), ("g", self.clip_g)):
+            (chunk,) = token_weight_pairs[name]
+            out = encoder(torch.tensor([[t for t, _ in chunk]], device=device), output_hidden_states=True)
+            outs.append(out)
+        cond = torch.cat([outs[0].hidden_states[-2], outs[1].hidden_states[-2]], dim=-1).float()
+        return cond, outs[1].text_embeds.float()
+
+
 class CLIP:
     def __init__(
         self,

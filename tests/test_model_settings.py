@@ -1,0 +1,129 @@
+"""The model-level settings ``resolution`` and ``prediction``: schema, CLI, and what the stages make of them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fakes import FakeBackend
+from tiny import tiny_config
+
+from spare_core import ConceptPair, ErasureConfig, SettingsError
+from spare_core.backend import apply_model_settings
+from spare_core.cli import main
+from spare_core.config import SETTINGS_BY_NAME
+from spare_core.erasure import _cache_key, prepare_sets
+
+
+@pytest.fixture
+def toy_copy(toy_pipe):
+    """The toy model in a pipeline object of its own (sharing the weights), so configure() leaves others alone."""
+    from diffusers import StableDiffusionPipeline
+
+    from spare_core.backends.diffusers_backend import DiffusersBackend
+
+    pipe = StableDiffusionPipeline(**toy_pipe.components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return DiffusersBackend(pipe, arch="toy")
+
+
+def test_the_schema_declares_both_with_off_defaults():
+    resolution, prediction = SETTINGS_BY_NAME["resolution"], SETTINGS_BY_NAME["prediction"]
+    assert (resolution.kind, resolution.default, resolution.minimum, resolution.maximum) == ("int", 0, 0, 4096)
+    assert (prediction.kind, prediction.default, prediction.choices) == ("choice", "", ("", "eps", "v"))
+    config = ErasureConfig(concepts=[ConceptPair("red", "plain")])
+    with pytest.raises(SettingsError, match="resolution must be 0 to 4096"):
+        config.with_settings(resolution=5000).validate()
+    with pytest.raises(SettingsError, match="unknown prediction 'x0'"):
+        config.with_settings(prediction="x0").validate()
+
+
+def test_files_written_before_the_settings_existed_read_as_native():
+    stored = json.loads(ErasureConfig(concepts=[ConceptPair("red", "plain")]).to_json())
+    del stored["resolution"], stored["prediction"]
+    config = ErasureConfig.from_json(json.dumps(stored))
+    assert (config.resolution, config.prediction) == (0, "")
+
+
+def test_the_cli_shows_both_options(capsys):
+    try:
+        code = main(["erase", "--help"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--resolution INT" in out and "--prediction" in out
+    assert "SDXL at 768" in out and "v-prediction" in out
+
+
+def test_forcing_eps_on_a_v_model_reads_the_output_as_epsilon(toy_copy):
+    backend = toy_copy
+    assert backend._prediction_type == "v_prediction"
+    unet, alphas = backend.pipe.unet, backend.pipe.scheduler.alphas_cumprod.float()
+    t = torch.tensor([5, 400, 900])
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn((3, *backend.latent_shape), generator=g)
+    cond = backend.encode_prompts(["a circle in red style"] * 3)
+    with torch.no_grad():
+        raw = unet(x_t, t, encoder_hidden_states=cond.hidden_states).sample
+        as_v = backend.predict_noise(x_t, t, cond)
+        backend.configure(prediction="eps")
+        as_eps = backend.predict_noise(x_t, t, cond)
+        assert backend.pipe.scheduler.config.prediction_type == "epsilon"  # the sampler reads it as eps too
+        backend.configure(prediction="v")
+        forced_v = backend.predict_noise(x_t, t, cond)
+        backend.configure()
+        back = backend.predict_noise(x_t, t, cond)
+    a = alphas[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(as_v, a.sqrt() * raw + (1 - a).sqrt() * x_t)  # eps = sqrt(a) v + sqrt(1 - a) x_t
+    torch.testing.assert_close(as_eps, raw)  # eps passed on unchanged
+    assert (as_eps - as_v).abs().max() > 1e-2
+    torch.testing.assert_close(forced_v, as_v)
+    torch.testing.assert_close(back, as_v)
+    assert backend.pipe.scheduler is backend._native_scheduler  # configure() restores the model's own
+
+
+def test_resolution_changes_the_drawn_sets_and_the_users_images(toy_copy):
+    backend = toy_copy
+    native = backend.latent_shape
+    assert backend.image_size == 32 and native[1:] == (16, 16)
+    config = tiny_config(resolution=48, retain_images=2, surrogate_images_per_prompt=0)
+    own = torch.rand((3, 3, 40, 60), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    sets = prepare_sets(backend, config, forget_images=own)
+    channels = native[0]
+    assert tuple(sets.data.forget_latents.shape) == (3, channels, 24, 24)  # the user's images, fitted to 48 px
+    assert tuple(sets.data.retain_latents.shape[1:]) == (channels, 24, 24)  # drawn at 48 px
+    assert backend.image_size == 48 and backend.latent_shape == (channels, 24, 24)
+    # The next stage with default settings draws at the native size again.
+    sets = prepare_sets(backend, tiny_config(retain_images=2, surrogate_images_per_prompt=0, images_per_prompt=1))
+    assert tuple(sets.data.forget_latents.shape[1:]) == native
+    assert backend.image_size == 32
+
+
+def test_a_resolution_the_model_cannot_take_is_refused_before_any_work(toy_copy):
+    drawn = []
+    backend = toy_copy
+    backend.sample = lambda *a, **k: drawn.append(1)  # must never be reached
+    with pytest.raises(
+        SettingsError, match=r"resolution 36 does not fit this model: .*multiple of 8 px \(e.g. 32 or 40\)"
+    ):
+        prepare_sets(backend, tiny_config(resolution=36))
+    assert not drawn and backend.image_size == 32
+
+
+def test_the_cache_keeps_default_keys_and_separates_resolutions():
+    config = tiny_config()
+    key = _cache_key("forget", ["a"], 1, 0, config)
+    assert _cache_key("forget", ["a"], 1, 0, config.with_settings(resolution=64)) != key
+    assert _cache_key("forget", ["a"], 1, 0, config.with_settings(prediction="v")) != key
+
+
+def test_a_backend_without_configure_runs_only_with_the_defaults():
+    backend = FakeBackend({"a red cat": torch.randn(8)}, weight_of_t=lambda t: 1.0)
+    assert not hasattr(backend, "configure")
+    apply_model_settings(backend)  # the defaults: nothing to do
+    with pytest.raises(SettingsError, match="cannot change its resolution or prediction"):
+        apply_model_settings(backend, resolution=64)
+    with pytest.raises(SettingsError, match="cannot change its resolution or prediction"):
+        apply_model_settings(backend, prediction="v")
