@@ -335,6 +335,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"modules ({len(info['modules'])}):")
     for m in info["modules"]:
         print(f"  {m['layer']}  down {'x'.join(str(s) for s in m['down'])}")
+    skipped = info.get("skipped_text_encoder_layers") or []
+    if skipped:
+        print(f"text-encoder layers ({len(skipped)}; not applied by SPARE's adapter, applied by ComfyUI's loader):")
+        for layer in skipped:
+            print(f"  {layer}")
     return 0
 
 

@@ -446,6 +446,7 @@ def train(
     sampler = timestep_sampler(backend, config, profile)
     masks = saliency.row_masks(saliency.selected, config.channel_fraction) if config.channel_fraction < 1 else None
     adapter = SparseLoRA(backend.denoiser(), saliency.selected, config.rank, config.alpha, masks, seed=config.seed)
+    adapter.to(backend.device)  # initialised on the CPU (the same weights on every device), trained beside the model
     trainer = SelfDistillationTrainer(backend, adapter, sets.data, sampler, config)
     history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
     return TrainedAdapter(adapter, history)

@@ -130,9 +130,10 @@ class Lora:
             raise LoraFileError(f"{name} holds text-encoder layers only; SPARE applies UNet layers: nothing to apply")
         names = resolve_layers(Path(self.source), list(layers), backend.lora_layer_table())
         try:
-            return SparseLoRA.from_weights(backend.denoiser(), {names[layer]: w for layer, w in layers.items()})
+            adapter = SparseLoRA.from_weights(backend.denoiser(), {names[layer]: w for layer, w in layers.items()})
         except ValueError as exc:
             raise LoraFileError(f"{Path(self.source).name}: {exc}") from exc
+        return adapter.to(backend.device)
 
 
 def lora_from_adapter(

@@ -27,7 +27,8 @@ SpareSaliency = io.Custom("SPARE_SALIENCY")
 SpareLora = io.Custom("SPARE_LORA")
 
 #: Settings each node shows (by the schema's groups); the Train node shows them all.
-DATA_SETTINGS = tuple(s.name for s in engine.SETTINGS if s.group in ("data", "timesteps")) + ("seed",)
+#: The model-level settings (resolution, prediction) shape the sets, so they travel with the data too.
+DATA_SETTINGS = tuple(s.name for s in engine.SETTINGS if s.group in ("data", "timesteps", "model")) + ("seed",)
 SALIENCY_SETTINGS = tuple(s.name for s in engine.SETTINGS if s.group == "saliency")
 
 
@@ -84,8 +85,9 @@ def _drawing_inputs() -> list[io.Input]:
 
 def _image_size_input() -> io.Input:
     return io.Int.Input(
-        "image_size", default=512, min=64, max=2048, step=64, optional=True,
-        tooltip="side in pixels of the images drawn for the sets (512 for SD 1.x, 768 for SD 2.x 768-v models)",
+        "image_size", default=0, min=0, max=2048, step=64, optional=True,
+        tooltip="the checkpoint's native image side in pixels (0: 512 for SD 1.x/2.x, 1024 for SDXL; "
+        "768 for SD 2.x 768-v models); the resolution setting may draw and train smaller",
     )  # fmt: skip
 
 

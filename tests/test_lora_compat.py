@@ -267,6 +267,17 @@ def test_describe_lists_the_skipped_text_encoder_layers(tmp_path):
     assert info["settings"] is None and info["arch"] == "sd_v1"
 
 
+def test_spare_inspect_lists_the_skipped_text_encoder_layers(tmp_path, capsys):
+    from spare_core.cli import main
+
+    unet = _unet(SD1_LIKE)
+    tensors = _foreign_tensors(unet, SD1_DIFFUSERS_KEYS) | _text_encoder_tensors(TE_SD1)
+    assert main(["inspect", str(_write(tmp_path, "kohya.safetensors", tensors))]) == 0
+    out = capsys.readouterr().out
+    assert "text-encoder layers (2; not applied by SPARE's adapter" in out
+    assert "  lora_te_text_model_encoder_layers_0_mlp_fc1\n" in out
+
+
 def test_a_text_encoder_only_file_is_read_but_has_nothing_for_the_unet(tmp_path):
     lora = read_lora(_write(tmp_path, "te_only.safetensors", _text_encoder_tensors(TE_SD1)))
     assert lora.layers() == {} and lora.describe()["skipped_text_encoder_layers"] == sorted(TE_SD1)
