@@ -108,6 +108,7 @@ class UnetBackend:
 
     def __init__(self, unet: UNet2DConditionModel, arch: str):
         self.unet, self.arch = unet, arch
+        self.device = unet.device
 
     def denoiser(self) -> UNet2DConditionModel:
         return self.unet
