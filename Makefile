@@ -11,7 +11,7 @@ STAMP := $(VENV)/.spare-installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo app test test-fast bench bench-full lint train-toy clean
+.PHONY: demo app test test-fast bench bench-full bench-cost lint train-toy clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(PY) bench/erasure.py
+
+# Training-step cost of SPARE and ESD-x on full-size SD1.5 and SDXL UNets (about 10 minutes on 2 cores).
+bench-cost: $(STAMP)
+	$(PY) bench/cost.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ structure, and the loader is handed the same reduction of its shipped configs.
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -325,3 +326,34 @@ def test_refiner_and_other_pipeline_folders_are_still_refused(tmp_path):
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLImg2ImgPipeline"}')
     with pytest.raises(ModelError, match="holds a StableDiffusionXLImg2ImgPipeline; SPARE opens"):
         open_model(str(folder))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "version", "other_spelling"),
+    [
+        ("sd1", "sd_v1", ("input_blocks", "middle_block", "output_blocks")),
+        ("sdxl", "sdxl", ("down_blocks", "up_blocks")),
+    ],
+)
+def test_spare_erase_on_a_checkpoint_file_writes_a_lora_for_it(
+    tmp_path, capsys, no_network, arch, version, other_spelling
+):
+    """A user's path through the command line: a .safetensors checkpoint in, a LoRA for that architecture out."""
+    from tiny import TINY_ARGV
+
+    from spare_core import read_lora
+    from spare_core.cli import main
+
+    checkpoint = tmp_path / "my model.safetensors"
+    write_checkpoint(checkpoint, build_modules(arch))
+    out = tmp_path / "erased.safetensors"
+    argv = ["erase", "--model", str(checkpoint), "--concept", "a cat", "--surrogate", "a dog", *TINY_ARGV]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    lora = read_lora(out)
+    assert lora.metadata["ss_base_model_version"].startswith(version)
+    assert lora.config().base_model == str(checkpoint)
+    assert lora.layers() and not any(word in layer for layer in lora.layers() for word in other_spelling)
+    backend = open_model(str(checkpoint))
+    adapter = lora.adapter(backend)
+    assert sorted(adapter.module_names) == sorted(json.loads(lora.metadata["spare_modules"]))
