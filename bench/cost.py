@@ -562,16 +562,21 @@ def add_ratios(rows: dict, memory_key: str = "peak_rss_mb") -> None:
         }
 
 
+def architecture_rows(results: dict) -> dict[str, dict]:
+    """The rows of each measured architecture (top-level keys ``sd15``, ``sdxl``), in order."""
+    return {arch: results[arch] for arch in ARCHS if arch in results}
+
+
 def check_targets(results: dict) -> dict:
     """Whether the targets are met (None where a row is missing)."""
     targets = {}
-    for arch, rows in results["architectures"].items():
+    for arch, rows in architecture_rows(results).items():
         spare = rows.get("spare", {})
         t = spare.get("ratio_time", {}).get("esd_x_published")
         m = spare.get("ratio_memory", {}).get("esd_x_published")
         targets[f"{arch}.time_vs_published<={TARGET_TIME}"] = None if t is None else t <= TARGET_TIME
         targets[f"{arch}.memory_vs_published<={TARGET_MEMORY}"] = None if m is None else m <= TARGET_MEMORY
-    sd15 = results["architectures"].get("sd15", {}).get("spare")
+    sd15 = results.get("sd15", {}).get("spare")
     if sd15 is not None and not results["settings"]["tiny"]:
         targets["sd15.lora_bytes<=1MB"] = sd15["file_bytes"] <= TARGET_SD15_LORA_BYTES
     return targets
@@ -583,7 +588,7 @@ def table(results: dict, memory_key: str = "peak_rss_mb") -> str:
         f"{'arch':<5} {'method':<16} {'step s (median)':>15} {'min':>8} {'max':>8} {unit:>9} "
         f"{'trainable':>12} {'file bytes':>12} {'time/SPARE':>10} {'mem/SPARE':>9}"
     ]
-    for arch, rows in results["architectures"].items():
+    for arch, rows in architecture_rows(results).items():
         spare = rows.get("spare")
         spare = None if spare is None or "error" in spare else spare
         for method, r in rows.items():
@@ -748,7 +753,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "versions": versions(),
         "machine": machine(),
-        "architectures": rows,
+        **rows,  # one top-level entry per architecture: sd15, sdxl
     }
     results["seconds"] = round(time.perf_counter() - start, 1)
     report(results, "peak_rss_mb", args.out)

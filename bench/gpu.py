@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "versions": cost.versions(),
         "machine": cost.machine(),
-        "architectures": rows,
+        **rows,  # one top-level entry per architecture: sd15, sdxl
     }
     if not args.no_erasure:
         print("whole default erasure (sd15) ...", flush=True)
