@@ -18,15 +18,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .adapter import SparseLoRA
 from .backend import DiffusionBackend, apply_model_settings
-from .config import ErasureConfig
+from .config import ErasureConfig, SettingsError
 from .domain import Domain, GenericDomain
 from .events import CancelToken, EventCallback, Monitor
 from .fileio import save_safetensors
@@ -448,8 +450,31 @@ def train(
     adapter = SparseLoRA(backend.denoiser(), saliency.selected, config.rank, config.alpha, masks, seed=config.seed)
     adapter.to(backend.device)  # initialised on the CPU (the same weights on every device), trained beside the model
     trainer = SelfDistillationTrainer(backend, adapter, sets.data, sampler, config)
-    history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
+    with gradient_checkpointing(backend.denoiser(), config.gradient_checkpointing):
+        history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
     return TrainedAdapter(adapter, history)
+
+
+@contextmanager
+def gradient_checkpointing(denoiser: nn.Module, enabled: bool) -> Iterator[None]:
+    """Activation checkpointing on a diffusers denoiser for the duration of training, switched off afterwards.
+
+    diffusers recomputes each block's activations in the backward pass (non-reentrant
+    ``torch.utils.checkpoint``), so the adapter's hooks run again and the gradients are unchanged.
+    """
+    if not enabled:
+        yield
+        return
+    if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+        raise SettingsError(
+            f"gradient_checkpointing is not supported for this model ({type(denoiser).__name__}); "
+            "turn it off, or lower batch_size or resolution to save memory"
+        )
+    denoiser.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        denoiser.disable_gradient_checkpointing()
 
 
 # --------------------------------------------------------------------------- everything

@@ -127,3 +127,38 @@ def test_a_backend_without_configure_runs_only_with_the_defaults():
         apply_model_settings(backend, resolution=64)
     with pytest.raises(SettingsError, match="cannot change its resolution or prediction"):
         apply_model_settings(backend, prediction="v")
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_trains_the_same_adapter_and_is_switched_off_after(toy_backend):
+    from spare_core import prepare_sets as prepare
+    from spare_core import select_modules, train
+
+    config = tiny_config("yellow", steps=4, timestep_mode="uniform")
+    sets = prepare(toy_backend, config)
+    saliency = select_modules(toy_backend, config, sets)
+    plain = train(toy_backend, config, sets, saliency)
+    unet = toy_backend.denoiser()
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.utils.checkpoint, "checkpoint", counting)
+        checkpointed = train(toy_backend, config.with_settings(gradient_checkpointing=True), sets, saliency)
+    assert calls, "the UNet's blocks were not checkpointed"
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in unet.modules())
+    assert plain.history.losses == pytest.approx(checkpointed.history.losses, rel=1e-5, abs=1e-7)
+    for name, weights in plain.adapter.export().items():
+        torch.testing.assert_close(checkpointed.adapter.export()[name].up, weights.up, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_refused_before_training():
+    from spare_core.erasure import gradient_checkpointing
+
+    with pytest.raises(SettingsError, match="gradient_checkpointing is not supported for this model"):
+        with gradient_checkpointing(torch.nn.Linear(2, 2), True):
+            pass
