@@ -47,6 +47,10 @@ The contract, in words (``tests/test_backend_contract.py`` checks it on every ba
    its config's values (:func:`apply_model_settings`), so a stage always runs with
    its own settings; anything run afterwards on the same backend (previews) uses
    the last stage's. A backend without ``configure`` runs only with the defaults.
+10. **Memory (optional method).** ``park_encoders()`` may move what training does
+    not use (text encoders, VAE) off the accelerator; ``train`` calls it before its
+    first step. Such parts return on their next use (``encode_prompts``,
+    ``encode_images``, ``sample``), so the caller never moves them back.
 """
 
 from __future__ import annotations

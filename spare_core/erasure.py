@@ -450,6 +450,9 @@ def train(
     adapter = SparseLoRA(backend.denoiser(), saliency.selected, config.rank, config.alpha, masks, seed=config.seed)
     adapter.to(backend.device)  # initialised on the CPU (the same weights on every device), trained beside the model
     trainer = SelfDistillationTrainer(backend, adapter, sets.data, sampler, config)
+    park_encoders = getattr(backend, "park_encoders", None)  # optional (contract): free the accelerator for the UNet
+    if park_encoders is not None:
+        park_encoders()
     with gradient_checkpointing(backend.denoiser(), config.gradient_checkpointing):
         history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
     return TrainedAdapter(adapter, history)

@@ -162,3 +162,43 @@ def test_gradient_checkpointing_on_a_model_without_it_is_refused_before_training
     with pytest.raises(SettingsError, match="gradient_checkpointing is not supported for this model"):
         with gradient_checkpointing(torch.nn.Linear(2, 2), True):
             pass
+
+
+class _MoveRecorder:
+    """Stands in for ``module.to`` and records where each encoder was sent (no accelerator on this machine).
+
+    The modules are shared with the session's toy pipeline: ``monkeypatch`` puts their ``to`` back.
+    """
+
+    def __init__(self, backend, monkeypatch):
+        self.moves: list[tuple[str, str]] = []
+        for name in ("text_encoder", "vae"):
+            record = lambda device, name=name: self.moves.append((name, str(device)))  # noqa: E731
+            monkeypatch.setattr(getattr(backend.pipe, name), "to", record, raising=False)
+
+
+def test_training_parks_the_encoders_off_the_accelerator_and_their_next_use_brings_them_back(toy_copy, monkeypatch):
+    recorder = _MoveRecorder(toy_copy, monkeypatch)
+    toy_copy.park_encoders()  # on the CPU there is nothing to free
+    assert recorder.moves == []
+    monkeypatch.setattr(type(toy_copy), "device", property(lambda self: torch.device("cuda")))
+    toy_copy.park_encoders()
+    toy_copy.park_encoders()  # parked once
+    assert sorted(recorder.moves) == [("text_encoder", "cpu"), ("vae", "cpu")]
+    recorder.moves.clear()
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    toy_copy._unpark_encoders()
+    assert sorted(recorder.moves) == [("text_encoder", "cuda"), ("vae", "cuda")]
+
+
+def test_the_train_stage_parks_the_encoders_before_its_first_step(toy_backend, monkeypatch):
+    from spare_core import prepare_sets as prepare
+    from spare_core import select_modules, train
+
+    config = tiny_config("yellow", steps=1, timestep_mode="uniform")
+    sets = prepare(toy_backend, config)
+    saliency = select_modules(toy_backend, config, sets)
+    events = []
+    monkeypatch.setattr(type(toy_backend), "park_encoders", lambda self: events.append("parked"))
+    train(toy_backend, config, sets, saliency, on_event=lambda e: events.append(e.stage))
+    assert events[0] == "parked" and "train" in events[1:]

@@ -53,11 +53,37 @@ class DiffusersBackend:
         self._native_scheduler = pipe.scheduler
         self._model_prediction_type = self._prediction_type
         self._resolution = 0
+        self._encoders_parked = False
         for module in self._frozen_modules():
             module.requires_grad_(False)
 
     def _frozen_modules(self) -> tuple[nn.Module, ...]:
         return (self.pipe.unet, self.pipe.text_encoder, self.pipe.vae)
+
+    # ------------------------------------------------------------------ memory
+
+    def park_encoders(self) -> None:
+        """Move the text encoders and the VAE to the CPU while only the UNet works (training), on an accelerator.
+
+        They return to the model's device on their next use (``encode_prompts``, ``encode_images``,
+        ``sample``). On the CPU there is nothing to free and nothing moves.
+        """
+        if self.device.type == "cpu" or self._encoders_parked:
+            return
+        for module in self._frozen_modules():
+            if module is not self.pipe.unet:
+                module.to("cpu")
+        self._encoders_parked = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.info("text encoders and VAE moved to the CPU for training")
+
+    def _unpark_encoders(self) -> None:
+        if self._encoders_parked:
+            for module in self._frozen_modules():
+                if module is not self.pipe.unet:
+                    module.to(self.device)
+            self._encoders_parked = False
 
     # ------------------------------------------------------------------ model settings
 
@@ -111,6 +137,7 @@ class DiffusersBackend:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        self._unpark_encoders()
         tok = self.pipe.tokenizer
         ids = tok(
             list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
@@ -129,6 +156,7 @@ class DiffusersBackend:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        self._unpark_encoders()
         vae = self.pipe.vae
         latents = vae.encode(images.to(self.device, vae.dtype)).latent_dist.mode()
         return latents * vae.config.scaling_factor
@@ -142,6 +170,7 @@ class DiffusersBackend:
         guidance_scale: float,
         on_step: StepCallback | None = None,
     ) -> torch.Tensor:
+        self._unpark_encoders()
         return generate(
             self.pipe,
             prompts,

@@ -65,6 +65,7 @@ class SDXLBackend(DiffusersBackend):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        self._unpark_encoders()
         pipe = self.pipe
         states, pooled = [], None
         # The refiner has only the second encoder; the base model has both, in this order.
