@@ -13,7 +13,7 @@ from tiny import TINY_SETTINGS, tiny_config
 
 from spare_app import forms
 from spare_app.session import BUSY, ErasureForm, SpareApp
-from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, preview
+from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, preview, read_lora
 from spare_core.cli import main as cli_main
 from spare_core.toy.erasure_eval import before_after_scores
 from spare_core.toy.pipeline import load_toy_classifiers
@@ -238,3 +238,26 @@ def test_gallery_prompts_name_the_concept_then_keep_others(tmp_path):
 def test_importing_the_engine_and_the_app_package_does_not_import_gradio():
     code = "import sys, spare_core, spare_core.cli, spare_app; assert 'gradio' not in sys.modules, 'gradio imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_the_app_erases_on_a_checkpoint_file_with_generic_prompts(tmp_path, monkeypatch, no_network):
+    """A Stable Diffusion .safetensors file in the model box: generic defaults, no toy scores, a LoRA for it."""
+    from test_single_file import build_modules, reduced_configs, write_checkpoint
+
+    from spare_core import single_file
+
+    monkeypatch.setattr(single_file, "component_configs", reduced_configs)  # reduced widths, same layout
+    checkpoint = tmp_path / "model.safetensors"
+    write_checkpoint(checkpoint, build_modules("sd1"))
+    app = SpareApp(tmp_path / "out", model=str(checkpoint))
+    prompts = app.default_preview_prompts("a cat")
+    assert prompts[:2] == ["a cat", "an image of a cat"] and len(prompts) == 5
+    app.start(_form(concepts="a cat", surrogates="a dog", preview_prompts="", model=str(checkpoint)))
+    assert app.view().progress.stages == ("data", "profile", "saliency", "train", "preview")
+    view = app.wait(300)
+    assert view.status == "done", view.message
+    assert view.shown.scores is None and view.shown.prompts == prompts
+    assert len(view.shown.after) == len(prompts) * len(SEEDS)
+    lora = read_lora(view.shown.lora_path)
+    assert lora.metadata["ss_base_model_version"] == "sd_v1" and lora.config().base_model == str(checkpoint)
