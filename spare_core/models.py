@@ -88,7 +88,7 @@ def open_model(model: str = TOY_MODEL, device: str = "cpu", dtype: str = "fp32")
     cls = StableDiffusionXLPipeline if class_name == "StableDiffusionXLPipeline" else StableDiffusionPipeline
     extra = {} if cls is StableDiffusionXLPipeline else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True, **extra)
+        pipe = cls.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True, **extra)
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError... for a bad folder
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
