@@ -71,6 +71,7 @@ from spare_core import ConceptPair, Conditioning, ErasureConfig, SparseLoRA, lor
 from spare_core.backend import vp_add_noise
 from spare_core.lora_naming import export_layer_names
 from spare_core.saliency import candidate_modules
+from spare_core.single_file import component_configs
 from spare_core.timesteps import TimestepSampler
 from spare_core.trainer import SelfDistillationTrainer, TrainingData
 
@@ -79,33 +80,14 @@ METHODS = ("spare", "esd_x_published", "esd_x_lean")
 ESD_ROWS = ("esd_x_published", "esd_x_lean")
 TOKENS = 77
 
-#: SD1.5's UNet (runwayml/stable-diffusion-v1-5 ``unet/config.json``; tests/conftest.py SD15_UNET).
-SD15_UNET = dict(
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-#: SDXL base 1.0's UNet (stabilityai/stable-diffusion-xl-base-1.0 ``unet/config.json``).
-SDXL_UNET = dict(
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    use_linear_projection=True,
-    layers_per_block=2,
-)
+
+def shipped_unet(arch: str) -> dict:
+    """The shipped full-size UNet config of ``arch`` as constructor keywords."""
+    return {k: v for k, v in component_configs(arch)["unet/config.json"].items() if not k.startswith("_")}
+
+
+#: The full-size UNets, from the configs SPARE ships for checkpoint files (SD 1.5, SDXL base 1.0).
+SD15_UNET, SDXL_UNET = shipped_unet("sd1"), shipped_unet("sdxl")
 #: The same block structure at reduced widths: a check that everything runs (``--tiny``).
 TINY_UNETS = {
     "sd15": {**SD15_UNET, "block_out_channels": (32, 32, 64, 64), "layers_per_block": 1, "cross_attention_dim": 32},

@@ -6,6 +6,7 @@ import os
 import socket
 
 import pytest
+from unet_configs import full_size
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,18 +57,8 @@ def toy_backend():
     return open_model("toy")
 
 
-#: The SD1.5 UNet config (runwayml/stable-diffusion-v1-5 ``unet/config.json``), at 8 x 8 latents.
-SD15_UNET = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
+#: The SD1.5 UNet (the config SPARE ships for SD 1.x checkpoint files), at 8 x 8 latents.
+SD15_UNET = full_size("sd1", sample_size=8)
 #: Stable Diffusion's noise schedule (SD1.5 ``scheduler/scheduler_config.json``), as a DDIM sampler.
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -229,6 +220,31 @@ def comfy_double(tmp_path_factory):
 
     comfy_double.configure(tmp_path_factory.mktemp("comfyui"))
     return comfy_double
+
+
+@pytest.fixture(scope="module")
+def comfy_pack(comfy_double, request):
+    """The repository loaded the way ComfyUI loads a custom-node folder, its nodes by id.
+
+    The nodes run the toy model (``BACKEND_OPTIONS``), under a package name of the test module's own.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from spare_core.toy.domain import ToyDomain
+
+    root = Path(__file__).resolve().parents[1]
+    name = f"spare_pack_{request.module.__name__.rsplit('.', 1)[-1]}"
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    nodes = comfy_double.load_extension(module)
+    options = sys.modules[f"{name}.spare_nodes.nodes"].BACKEND_OPTIONS
+    options.update(arch="toy", domain=ToyDomain(), image_size=32)
+    yield nodes
+    options.clear()
 
 
 @pytest.fixture(scope="session")

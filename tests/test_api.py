@@ -34,6 +34,7 @@ INTERNALS_ALLOWED = {
         "spare_core.backend",
         "spare_core.lora_naming",
         "spare_core.saliency",
+        "spare_core.single_file",
         "spare_core.timesteps",
         "spare_core.trainer",
     },

@@ -13,48 +13,21 @@ apply. The UNets are tiny, with the block structure of SD1.x, SD2.x and SDXL.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
+from unet_configs import SD1_LIKE, SD2_LIKE, SDXL_LIKE
 
 from spare_core import LoraFileError, read_lora
 from spare_core.lora_naming import kohya_layer_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SD1_LIKE = dict(
-    sample_size=8,
-    block_out_channels=(8, 16, 16, 16),
-    layers_per_block=2,
-    norm_num_groups=4,
-    cross_attention_dim=8,
-    attention_head_dim=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-SD2_LIKE = dict(SD1_LIKE, use_linear_projection=True)  # SD2: proj_in / proj_out are Linear, not 1x1 conv
-SDXL_LIKE = dict(
-    sample_size=8,
-    block_out_channels=(8, 16, 16),
-    layers_per_block=2,
-    norm_num_groups=4,
-    cross_attention_dim=8,
-    attention_head_dim=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 2),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=4,
-    projection_class_embeddings_input_dim=8 + 6 * 4,
-)
 
 # kohya layer name (either spelling) -> the diffusers module it must land on, written by hand.
 SD1_DIFFUSERS_KEYS = {
@@ -342,19 +315,9 @@ def test_other_adapter_formats_are_refused_by_name(fmt, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def apply_node(comfy_double):
+def apply_node(comfy_pack):
     """Apply Sparse LoRA, loaded the way ComfyUI loads the pack."""
-    from spare_core.toy.domain import ToyDomain
-
-    name = "spare_pack_compat"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    nodes = comfy_double.load_extension(module)
-    sys.modules[f"{name}.spare_nodes.nodes"].BACKEND_OPTIONS.update(arch="toy", domain=ToyDomain(), image_size=32)
-    yield nodes["SPARE_ApplySparseLoRA"]
-    sys.modules[f"{name}.spare_nodes.nodes"].BACKEND_OPTIONS.clear()
+    return comfy_pack["SPARE_ApplySparseLoRA"]
 
 
 TOY_KEYS = {

@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
+from unet_configs import SD1_LIKE, SDXL_LIKE
 
 from spare_core.lora_file import LoraFileError, LoraModuleWeights, load_lora_file, lora_delta, save_lora_file
 from spare_core.lora_naming import (
@@ -22,33 +23,6 @@ from spare_core.lora_naming import (
     kohya_layer_names,
     resolve_kohya_layer,
     to_kohya_key,
-)
-
-SD1_LIKE = dict(
-    sample_size=8,
-    block_out_channels=(8, 16, 16, 16),
-    layers_per_block=2,
-    norm_num_groups=4,
-    cross_attention_dim=8,
-    attention_head_dim=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-
-SDXL_LIKE = dict(
-    sample_size=8,
-    block_out_channels=(8, 16, 16),
-    layers_per_block=2,
-    norm_num_groups=4,
-    cross_attention_dim=8,
-    attention_head_dim=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 2),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=4,
-    projection_class_embeddings_input_dim=8 + 6 * 4,
 )
 
 TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"

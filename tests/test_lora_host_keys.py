@@ -30,36 +30,13 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
+from unet_configs import full_size
 
 from spare_core.lora_file import LoraModuleWeights, save_lora_file
 from spare_core.lora_naming import export_layer_names
 
-SD15 = dict(
-    sample_size=64,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-SD21 = dict(
-    SD15, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
-)
-SDXL = dict(
-    sample_size=128,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+# The full-size UNets, from the configs SPARE ships (SD 1.5, SD 2.1 base, SDXL base 1.0).
+SD15, SD21, SDXL = full_size("sd1"), full_size("sd2"), full_size("sdxl")
 
 # ComfyUI's unet_config of each model, written out by hand. comfy/model_detection.py lists the depths per level from
 # the shallowest (64x64 latents) to the deepest, for output blocks too; unet_to_diffusers pops them from the end.

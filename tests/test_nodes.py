@@ -6,7 +6,6 @@ them: a class clone with hidden inputs, inside ``torch.inference_mode()``, on
 models whose weights are inference tensors.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 from tiny import TINY_SETTINGS
 
 from spare_core import SETTINGS, read_lora
-from spare_core.toy.domain import ToyDomain
 from spare_core.toy.erasure_eval import evaluation_grid, score
 from spare_core.toy.world import EVAL_TEMPLATE
 
@@ -31,17 +29,9 @@ NODE_IDS = {
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_double):
-    """The repository loaded the way ComfyUI loads a custom-node folder, and its nodes by id."""
-    name = "spare_pack_under_test"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    nodes = comfy_double.load_extension(module)
-    sys.modules[f"{name}.spare_nodes.nodes"].BACKEND_OPTIONS.update(arch="toy", domain=ToyDomain(), image_size=32)
-    yield nodes
-    sys.modules[f"{name}.spare_nodes.nodes"].BACKEND_OPTIONS.clear()
+def pack(comfy_pack):
+    """The nodes of the pack by id, loaded the way ComfyUI loads a custom-node folder (conftest ``comfy_pack``)."""
+    return comfy_pack
 
 
 def _run(comfy_double, node, **inputs):
@@ -167,7 +157,7 @@ def test_cancel_stops_training_and_leaves_no_file(pack, comfy_double, comfy_toy,
 def test_a_file_name_cannot_leave_the_loras_folder(pack, comfy_double):
     import folder_paths
 
-    host = sys.modules["spare_pack_under_test.spare_nodes.host"]
+    host = sys.modules["spare_pack_test_nodes.spare_nodes.host"]  # comfy_pack names the package
     loras = Path(folder_paths.get_folder_paths("loras")[0]) / "spare"
     for name in ("../../x", "..\\..\\evil.safetensors", "/etc/passwd", "  ", ".hidden", "ok name!.safetensors"):
         path = host.lora_destination(name)

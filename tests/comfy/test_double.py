@@ -11,17 +11,10 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
+from unet_configs import full_size
 
-# SD1.5 diffusers config (runwayml/stable-diffusion-v1-5 unet/config.json), only the layout.
-SD15_LAYOUT = dict(
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-)
+# SD1.5's UNet layout (the config SPARE ships for SD 1.x checkpoint files).
+SD15_LAYOUT = full_size("sd1")
 
 
 @pytest.fixture(autouse=True)
