@@ -150,22 +150,13 @@ def build_unet(config: dict, device: str, dtype: torch.dtype, seed: int = 0) -> 
 
 def sd_alphas_cumprod() -> torch.Tensor:
     """Stable Diffusion's schedule (``scaled_linear``, 0.00085 .. 0.012, 1000 steps), shared by SD1.5 and SDXL."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
+    return ddim_scheduler().alphas_cumprod.float()
 
 
 def ddim_scheduler():
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        steps_offset=1,
-        clip_sample=False,
-        set_alpha_to_one=False,
-    )
+    return DDIMScheduler.from_config(component_configs("sd1")["scheduler/scheduler_config.json"])
 
 
 def random_conditioning(unet: nn.Module, n: int, gen: torch.Generator) -> Conditioning:

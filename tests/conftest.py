@@ -6,7 +6,7 @@ import os
 import socket
 
 import pytest
-from unet_configs import full_size
+from unet_configs import full_size, shipped
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -59,16 +59,8 @@ def toy_backend():
 
 #: The SD1.5 UNet (the config SPARE ships for SD 1.x checkpoint files), at 8 x 8 latents.
 SD15_UNET = full_size("sd1", sample_size=8)
-#: Stable Diffusion's noise schedule (SD1.5 ``scheduler/scheduler_config.json``), as a DDIM sampler.
-SD15_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.012,
-    steps_offset=1,
-    clip_sample=False,
-    set_alpha_to_one=False,
-)
+#: Stable Diffusion's noise schedule (the DDIM scheduler config SPARE ships for SD 1.x checkpoint files).
+SD15_SCHEDULER = shipped("sd1", "scheduler/scheduler_config.json")
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +180,7 @@ def sdxl_pipe():
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
         latent_channels=4, norm_num_groups=4, sample_size=64,
     )  # fmt: skip
-    scheduler = EulerDiscreteScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}, timestep_spacing="leading")  # fmt: skip
+    scheduler = EulerDiscreteScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")})  # fmt: skip
     pipe = StableDiffusionXLPipeline(
         vae=vae.eval(),
         text_encoder=CLIPTextModel(text_config(2)).eval(),

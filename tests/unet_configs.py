@@ -1,4 +1,4 @@
-"""UNet configs the tests build models from.
+"""UNet (and scheduler) configs the tests build models from.
 
 Full-size ones come from the configs SPARE ships for loading checkpoint files
 (``spare_core/model_configs``), so there is one statement of each
@@ -13,10 +13,14 @@ from typing import Any
 from spare_core.single_file import component_configs
 
 
+def shipped(arch: str, path: str) -> dict[str, Any]:
+    """A shipped config of ``arch`` (``sd1``, ``sd2``, ``sdxl``; ``path`` e.g. ``unet/config.json``) as keywords."""
+    return {k: v for k, v in component_configs(arch)[path].items() if not k.startswith("_")}
+
+
 def full_size(arch: str, **changes: Any) -> dict[str, Any]:
-    """The shipped full-size UNet config of ``arch`` (``sd1``, ``sd2``, ``sdxl``) as constructor keywords."""
-    config = {k: v for k, v in component_configs(arch)["unet/config.json"].items() if not k.startswith("_")}
-    return {**config, **changes}
+    """The shipped full-size UNet config of ``arch``, with ``changes``."""
+    return {**shipped(arch, "unet/config.json"), **changes}
 
 
 #: SD 1.x's block structure at tiny widths (proj_in / proj_out are 1x1 convs).
