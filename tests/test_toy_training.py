@@ -44,7 +44,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_training_command_writes_a_model_the_loader_accepts(tmp_path):
-    from spare_core.toy.pipeline import load_toy_classifiers, load_toy_pipeline
+    from spare_core.toy.pipeline import load_grey_style_classifier, load_toy_classifiers, load_toy_pipeline
 
     main(
         [
@@ -67,12 +67,14 @@ def test_training_command_writes_a_model_the_loader_accepts(tmp_path):
         "text_encoder.safetensors",
         "object_classifier.safetensors",
         "style_classifier.safetensors",
+        "grey_style_classifier.safetensors",
     }
     assert (tmp_path / "checkpoint" / "train_state.safetensors").exists()
     pipe = load_toy_pipeline(tmp_path)
     ema = load_file(tmp_path / "unet.safetensors")
     assert torch.equal(pipe.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
     load_toy_classifiers(tmp_path)
+    assert load_grey_style_classifier(tmp_path).greyscale
 
 
 def test_loader_rejects_a_corrupted_file(tmp_path):

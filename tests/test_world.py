@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from spare_core.toy.world import (
+    ALTERNATIVE_NAME_RATE,
+    ALTERNATIVE_NAMES,
     EVAL_TEMPLATE,
     FULL_TEMPLATES,
     HELD_OUT_TEMPLATE,
@@ -13,10 +15,15 @@ from spare_core.toy.world import (
     STYLE_TEMPLATES,
     STYLES,
     degrade,
+    VOCABULARY,
+    concepts_named,
     labelled_set,
+    names_of,
     parse_caption,
+    render,
     sample_batch,
 )
+from spare_core.toy.classifier import to_greyscale
 
 
 def test_world_size_and_surrogate_style():
@@ -46,8 +53,6 @@ def test_images_have_the_right_shape_and_range():
 
 def test_jitter_varies_position_size_and_background():
     gen = torch.Generator().manual_seed(3)
-    from spare_core.toy.world import render
-
     images = render(torch.zeros(16, dtype=torch.long), torch.zeros(16, dtype=torch.long), gen)
     # Same object and style, yet no two images are identical.
     flat = images.flatten(1)
@@ -114,3 +119,114 @@ def test_degrade_blurs_and_adds_noise():
     assert tv(blurred) < 0.8 * tv(images)
     noisy = degrade(images, gen, blur_sigma=0.0, noise_std=0.1)
     assert abs(float((noisy - images).std()) - 0.1) < 0.01
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_every_concept_has_another_name_that_names_nothing_else():
+    all_names = [name for c in OBJECTS + STYLES for name in names_of(c)]
+    assert len(all_names) == len(set(all_names)), "a name is shared by two concepts"
+    for concept in OBJECTS + STYLES:
+        assert ALTERNATIVE_NAMES[concept], concept
+        for name in ALTERNATIVE_NAMES[concept]:
+            assert concept not in name.split(), f"{name!r} uses the word {concept!r}"
+            assert set(name.split()) <= set(VOCABULARY)
+    phrasings = [n for names in ALTERNATIVE_NAMES.values() for n in names if " " in n]
+    assert len(phrasings) >= 4
+
+
+@pytest.mark.parametrize("template", FULL_TEMPLATES + (EVAL_TEMPLATE, HELD_OUT_TEMPLATE))
+def test_templates_parse_with_every_name(template):
+    for obj in OBJECTS:
+        for style in STYLES:
+            for obj_name in names_of(obj):
+                for style_name in names_of(style):
+                    caption = template.format(object=obj_name, style=style_name)
+                    assert parse_caption(caption) == (obj, style), caption
+
+
+def test_the_longest_name_wins():
+    # "plus" names cross, and so does "plus sign"; neither leaves a stray word behind.
+    assert concepts_named("a plus sign in polka dot style") == ["cross", "dots"]
+    assert concepts_named("a plus in dots style") == ["cross", "dots"]
+    assert concepts_named("a five pointed shape") == ["star"]
+    assert concepts_named("a shape") == []
+
+
+def test_captions_use_alternative_names_at_the_fixed_rate():
+    _, samples = sample_batch(4000, torch.Generator().manual_seed(4))
+    mentions = alternative = 0
+    used = set()
+    for s in samples:
+        named = concepts_named(s.caption)
+        for concept in named:
+            mentions += 1
+            own_word = concept in s.caption.split()
+            alternative += not own_word
+        used |= {name for c in named for name in ALTERNATIVE_NAMES[c] if f" {name} " in f" {s.caption} "}
+    # 4000 captions give about 5000 mentions: the share's standard error is about 0.6 points.
+    assert abs(alternative / mentions - ALTERNATIVE_NAME_RATE) < 0.025
+    every_name = {n for names in ALTERNATIVE_NAMES.values() for n in names}
+    assert used == every_name
+
+
+# --------------------------------------------------------------------------- styles beyond colour
+
+
+def _shape_mask(objects: torch.Tensor, seed: int) -> torch.Tensor:
+    """Where each image's shape lies, [N, H, W] bool: the same draw in solid red (rendering draws the
+    geometry from the generator before the style, so the same seed places the same shapes)."""
+    red = render(objects, torch.full_like(objects, STYLES.index("red")), torch.Generator().manual_seed(seed))
+    return (red - red[:, :, :1, :1]).abs().amax(1) > 0.5
+
+
+def test_stripes_and_checker_share_a_palette_and_differ_in_pattern():
+    n = 32
+    objects = torch.full((n,), OBJECTS.index("square"))
+    stripes = render(objects, torch.full((n,), STYLES.index("stripes")), torch.Generator().manual_seed(5))
+    checker = render(objects, torch.full((n,), STYLES.index("checker")), torch.Generator().manual_seed(5))
+
+    inside = _shape_mask(objects, 5).unsqueeze(1)
+
+    def mean_colour(images):
+        return (images * inside).sum(dim=(0, 2, 3)) / inside.sum()
+
+    # Same colours on average (both textures cover half the shape with each colour) ...
+    assert (mean_colour(stripes) - mean_colour(checker)).abs().max() < 0.08
+    # ... but different patterns: stripes run along a diagonal, checker cells alternate along it.
+    def diagonal_change(images):
+        grey = to_greyscale(images)[:, 0]
+        return (grey[:, 1:, 1:] - grey[:, :-1, :-1]).abs().mean()
+
+    def anti_diagonal_change(images):
+        grey = to_greyscale(images)[:, 0]
+        return (grey[:, 1:, :-1] - grey[:, :-1, 1:]).abs().mean()
+
+    assert anti_diagonal_change(stripes) < 0.6 * diagonal_change(stripes)
+    assert anti_diagonal_change(checker) > 0.8 * diagonal_change(checker)
+
+
+def test_solid_styles_differ_in_brightness_not_only_in_hue():
+    n = 16
+    objects = torch.full((n,), OBJECTS.index("circle"))
+    means = {}
+    for style in ("red", "blue", "yellow"):
+        images = render(objects, torch.full((n,), STYLES.index(style)), torch.Generator().manual_seed(6))
+        grey = to_greyscale(images)[:, 0]
+        inside = _shape_mask(objects, 6)
+        means[style] = float(grey[inside].mean())
+    ordered = sorted(means.values())
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 0.3  # in [-1, 1] units: 0.15 of full scale
+
+
+def test_plain_is_an_outline_drawing():
+    objects = torch.full((16,), OBJECTS.index("square"))
+    images = render(objects, torch.full_like(objects, STYLES.index(PLAIN_STYLE)), torch.Generator().manual_seed(7))
+    grey = to_greyscale(images)[:, 0]
+    inside = _shape_mask(objects, 7)
+    # Dark pixels (the outline) and pale ones (the fill) both occur inside the shape.
+    dark = (grey < -0.3) & inside
+    pale = (grey > 0.4) & inside
+    assert (dark.flatten(1).sum(1) > 20).all()
+    assert (pale.flatten(1).sum(1) > 20).all()

@@ -2,6 +2,9 @@
 
 Small CNNs trained on freshly rendered images, half of them degraded the way
 generations look (blur, noise), so that they stay reliable on model outputs.
+Besides the object and the style classifier there is a second style classifier
+that sees only greyscale: it must recognise textures by their pattern, so it
+checks that the model draws them, not only their colours.
 """
 
 from __future__ import annotations
@@ -18,13 +21,24 @@ from .world import OBJECTS, STYLES, degrade, render
 logger = logging.getLogger(__name__)
 
 
-class ToyClassifier(nn.Module):
-    """A four-stage CNN over 32 x 32 images in [-1, 1]."""
+#: Luminance weights of ITU-R BT.601, the usual RGB -> greyscale conversion.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-    def __init__(self, num_classes: int, width: int = 32):
+
+def to_greyscale(images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] RGB -> [N, 1, H, W] luminance (same value range)."""
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+class ToyClassifier(nn.Module):
+    """A three-stage CNN over 32 x 32 images in [-1, 1]; with ``greyscale`` it sees luminance only."""
+
+    def __init__(self, num_classes: int, width: int = 32, greyscale: bool = False):
         super().__init__()
+        self.greyscale = greyscale
         layers: list[nn.Module] = []
-        channels = 3
+        channels = 1 if greyscale else 3
         for mult in (1, 2, 4):
             out = width * mult
             layers += [
@@ -41,6 +55,8 @@ class ToyClassifier(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.greyscale:
+            images = to_greyscale(images)
         return self.head(self.features(images).mean(dim=(2, 3)))
 
     @torch.no_grad()
@@ -71,21 +87,28 @@ def train_classifiers(
     batch_size: int = 128,
     lr: float = 2e-3,
     on_step: Callable[[int, float], None] | None = None,
-) -> tuple[ToyClassifier, ToyClassifier]:
-    """Train the object and the style classifier side by side on the same batches."""
+) -> tuple[ToyClassifier, ToyClassifier, ToyClassifier]:
+    """Train the object, the style and the greyscale style classifier side by side on the same batches."""
     torch.manual_seed(seed)
-    object_clf, style_clf = ToyClassifier(len(OBJECTS)), ToyClassifier(len(STYLES))
-    params = list(object_clf.parameters()) + list(style_clf.parameters())
+    object_clf = ToyClassifier(len(OBJECTS))
+    style_clf = ToyClassifier(len(STYLES))
+    grey_style_clf = ToyClassifier(len(STYLES), greyscale=True)
+    models = (object_clf, style_clf, grey_style_clf)
+    params = [p for m in models for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     for step in range(steps):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         images, obj, sty = _training_batch(batch_size, gen)
-        loss = F.cross_entropy(object_clf(images), obj) + F.cross_entropy(style_clf(images), sty)
+        loss = (
+            F.cross_entropy(object_clf(images), obj)
+            + F.cross_entropy(style_clf(images), sty)
+            + F.cross_entropy(grey_style_clf(images), sty)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if on_step is not None:
             on_step(step, loss.item())
-    return object_clf.eval(), style_clf.eval()
+    return object_clf.eval(), style_clf.eval(), grey_style_clf.eval()

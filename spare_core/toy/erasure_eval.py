@@ -22,10 +22,12 @@ from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .classifier import ToyClassifier
 from .evaluate import GridResult, generate_grid, generate_triples
-from .world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
+from .world import ALTERNATIVE_NAMES, EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
 
 #: The styles an evaluation grid uses: every style but the surrogate look.
 GRID_STYLES = tuple(s for s in STYLES if s != PLAIN_STYLE)
+#: Robustness figures count only the names the base model draws correctly at least this often.
+MIN_BASE_RATE = 0.9
 
 
 @dataclass
@@ -158,3 +160,52 @@ def before_after_scores(
     with adapter.applied(strength):
         erased_grid = evaluation_grid(backend, classifiers, seeds)
     return score(base_grid, pairs), score(erased_grid, pairs), len(base_grid.images)
+
+
+def alternative_name_accuracy(
+    backend: DiffusionBackend,
+    classifiers: tuple[ToyClassifier, ToyClassifier],
+    concept: str,
+    seeds: Sequence[int],
+    template: str = EVAL_TEMPLATE,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> dict[str, dict]:
+    """For each alternative name of ``concept`` (its synonyms and phrasings): how often generations
+    of prompts naming it that way show the concept.
+
+    A style is drawn on every object, an object in every grid style, for every seed.
+    Returns ``{name: {"k": correct, "n": generations, "accuracy": k / n}}``.
+    """
+    domain = domain_of(concept)
+    partners = OBJECTS if domain == "style" else GRID_STYLES
+    if domain == "style":
+        triples = [(seed, o, concept) for o in partners for seed in seeds]
+    else:
+        triples = [(seed, concept, st) for st in partners for seed in seeds]
+    table = {}
+    for name in ALTERNATIVE_NAMES.get(concept, ()):
+        grid = generate_triples(backend, *classifiers, triples, template, steps, guidance_scale, names={concept: name})
+        labels, pred = (grid.style_labels, grid.style_pred) if domain == "style" else (grid.object_labels, grid.object_pred)
+        k, n = int((pred == labels).sum()), len(labels)
+        table[name] = {"k": k, "n": n, "accuracy": k / n}
+    return table
+
+
+def alternative_name_ua(before: dict[str, dict], after: dict[str, dict], min_base_rate: float = MIN_BASE_RATE) -> dict:
+    """UA of an erasure on the concept's other names, counting only names the base model draws
+    correctly at least ``min_base_rate`` of the time (an unknown word is erased for free).
+
+    ``before`` and ``after`` are ``alternative_name_accuracy`` tables of the base and the erased model.
+    """
+    counted = [name for name, row in before.items() if row["accuracy"] >= min_base_rate]
+    k = sum(after[name]["n"] - after[name]["k"] for name in counted)
+    n = sum(after[name]["n"] for name in counted)
+    return {
+        "ua": k / n if n else None,
+        "k": k,
+        "n": n,
+        "names_counted": counted,
+        "base_rate": {name: round(row["accuracy"], 4) for name, row in before.items()},
+        "min_base_rate": min_base_rate,
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,9 +75,15 @@ def generate_triples(
     template: str = EVAL_TEMPLATE,
     steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
+    names: Mapping[str, str] | None = None,
 ) -> GridResult:
-    """Generate ``template`` for each (seed, object, style) triple, in order, and classify the images."""
-    prompts = [template.format(object=o, style=st) for _, o, st in triples]
+    """Generate ``template`` for each (seed, object, style) triple, in order, and classify the images.
+
+    ``names`` maps a concept to the name the prompts use for it (e.g. ``{"red": "crimson"}``);
+    other concepts are named by their own word.
+    """
+    names = names or {}
+    prompts = [template.format(object=names.get(o, o), style=names.get(st, st)) for _, o, st in triples]
     images = backend.sample(prompts, [s for s, _, _ in triples], steps, guidance_scale)
     object_labels = torch.tensor([OBJECTS.index(o) for _, o, _ in triples])
     style_labels = torch.tensor([STYLES.index(st) for _, _, st in triples])

@@ -96,6 +96,15 @@ def load_toy_classifiers(
     return object_clf.eval(), style_clf.eval()
 
 
+def load_grey_style_classifier(weights_dir: str | Path = WEIGHTS_DIR, verify: bool = True) -> ToyClassifier:
+    """The shipped style classifier that sees only greyscale, in eval mode: it checks textures by their pattern."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    clf = ToyClassifier(len(STYLES), greyscale=True)
+    clf.load_state_dict(_load_checked(weights_dir, "grey_style_classifier.safetensors", manifest, verify))
+    return clf.eval()
+
+
 def load_toy_backend(
     weights_dir: str | Path = WEIGHTS_DIR,
     device: str | torch.device = "cpu",

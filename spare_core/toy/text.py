@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .world import VOCABULARY
 
-MAX_LENGTH = 12
+MAX_LENGTH = 16
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 

@@ -45,6 +45,12 @@ from .world import sample_batch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "train_state.safetensors"
+#: The classifiers' files, in the order ``train_classifiers`` returns them.
+CLASSIFIER_FILES = (
+    "object_classifier.safetensors",
+    "style_classifier.safetensors",
+    "grey_style_classifier.safetensors",
+)
 
 
 class Trainer:
@@ -157,14 +163,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m spare_core.toy.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for the weights, manifest and checkpoints")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    p.add_argument("--steps", type=int, default=2800, help="diffusion training steps (default 2800)")
+    p.add_argument("--steps", type=int, default=3200, help="diffusion training steps (default 3200)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument(
         "--min-snr-gamma", type=float, default=0.0, help="min-SNR loss weighting gamma; 0 (default) is plain MSE"
     )
-    p.add_argument("--classifier-steps", type=int, default=300)
+    p.add_argument("--classifier-steps", type=int, default=400)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
@@ -180,18 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    classifier_files = [out / "object_classifier.safetensors", out / "style_classifier.safetensors"]
+    classifier_files = [out / name for name in CLASSIFIER_FILES]
     if args.restart or not all(f.exists() for f in classifier_files):
         start = time.time()
         bar = tqdm(total=args.classifier_steps, desc="classifiers", unit="step")
-        object_clf, style_clf = train_classifiers(
+        classifiers = train_classifiers(
             args.classifier_steps,
             args.seed,
             on_step=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
         )
         bar.close()
-        save_safetensors(object_clf.state_dict(), classifier_files[0])
-        save_safetensors(style_clf.state_dict(), classifier_files[1])
+        for clf, path in zip(classifiers, classifier_files, strict=True):
+            save_safetensors(clf.state_dict(), path)
         timings["classifier_seconds"] = round(time.time() - start, 1)
     else:
         logger.info("classifiers already trained in %s, keeping them", out)
@@ -223,12 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
     save_safetensors(trainer.ema["unet"], out / "unet.safetensors")
     save_safetensors(trainer.ema["text_encoder"], out / "text_encoder.safetensors")
-    files = [
-        "unet.safetensors",
-        "text_encoder.safetensors",
-        "object_classifier.safetensors",
-        "style_classifier.safetensors",
-    ]
+    files = ["unet.safetensors", "text_encoder.safetensors", *CLASSIFIER_FILES]
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest.update(

@@ -1,9 +1,16 @@
 """The toy canvas world: a synthetic objects x styles image world.
 
 A miniature of the UnlearnCanvas benchmark that a CPU can train and evaluate.
-Every image shows one object (a shape) drawn in one style (a colour fill or a
-texture) on a light, slightly jittered background. Rendering is vectorised in
-torch and deterministic for a given ``torch.Generator`` seed.
+Every image shows one object (a shape) drawn in one style on a light, slightly
+jittered background. Styles are more than colours: three are solid fills told
+apart by colour (and by brightness, so a greyscale eye sees them too), three are
+textures, two of which (``stripes`` and ``checker``) share one palette and
+differ only in pattern, and the surrogate look ``plain`` is an outline drawing.
+Every concept has more than one name: a synonym, and for some a phrasing that
+names it without its word ("five pointed shape" for ``star``); training captions
+use them at a fixed rate, so the model draws the same concept for each name.
+Rendering is vectorised in torch and deterministic for a given
+``torch.Generator`` seed.
 
 Images are float tensors in ``[-1, 1]`` of shape ``[N, 3, 32, 32]``.
 """
@@ -24,6 +31,27 @@ OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "st
 STYLES: tuple[str, ...] = ("red", "blue", "yellow", "stripes", "checker", "dots", "plain")
 PLAIN_STYLE = "plain"
 
+#: Every other name of each concept: synonyms (one word), then phrasings that
+#: name the concept without its word. Captions name a concept by one of these
+#: at ``ALTERNATIVE_NAME_RATE``; a domain's default forget prompts never do.
+ALTERNATIVE_NAMES: dict[str, tuple[str, ...]] = {
+    "circle": ("disc",),
+    "square": ("box", "four sided shape"),
+    "triangle": ("wedge", "three sided shape"),
+    "cross": ("plus", "plus sign"),
+    "ring": ("hoop",),
+    "star": ("pentagram", "five pointed shape"),
+    "red": ("crimson", "cherry coloured"),
+    "blue": ("azure", "sky coloured"),
+    "yellow": ("golden", "lemon coloured"),
+    "stripes": ("striped",),
+    "checker": ("checkered",),
+    "dots": ("dotted", "polka dot"),
+    "plain": ("outline",),
+}
+#: Share of concept mentions in training captions that use an alternative name.
+ALTERNATIVE_NAME_RATE = 0.25
+
 #: Caption templates seen in training.
 FULL_TEMPLATES: tuple[str, ...] = (
     "a {object} in {style} style",
@@ -38,11 +66,19 @@ STYLE_TEMPLATES: tuple[str, ...] = ("an image in {style} style", "{style} style"
 EVAL_TEMPLATE = "a {object} image in {style} style"
 HELD_OUT_TEMPLATE = "a picture of one {object} drawn in {style} style"
 
-#: Every word any template or concept can produce: the tokenizer's vocabulary.
+
+def names_of(concept: str) -> tuple[str, ...]:
+    """Every name of a concept: its own word first, then its alternative names."""
+    return (concept,) + ALTERNATIVE_NAMES.get(concept, ())
+
+
+#: Every name of every concept, mapped to the concept it names.
+_NAME_TO_CONCEPT: dict[str, str] = {name: c for c in OBJECTS + STYLES for name in names_of(c)}
+
+#: Every word any template or name can produce: the tokenizer's vocabulary.
 VOCABULARY: tuple[str, ...] = tuple(
     sorted(
-        set(OBJECTS)
-        | set(STYLES)
+        {w for name in _NAME_TO_CONCEPT for w in name.split()}
         | {
             w
             for t in FULL_TEMPLATES + OBJECT_TEMPLATES + STYLE_TEMPLATES + (EVAL_TEMPLATE, HELD_OUT_TEMPLATE)
@@ -67,11 +103,28 @@ def full_caption(obj: str, style: str, template: str = EVAL_TEMPLATE) -> str:
     return template.format(object=obj, style=style)
 
 
-def parse_caption(caption: str) -> tuple[str | None, str | None]:
-    """Return the (object, style) a caption names; None for what it leaves out."""
+def concepts_named(caption: str) -> list[str]:
+    """The concepts a caption names, in order, by any of their names (longest name first)."""
     words = caption.lower().replace(",", " ").replace(".", " ").split()
-    objects = [w for w in words if w in OBJECTS]
-    styles = [w for w in words if w in STYLES]
+    longest = max(len(name.split()) for name in _NAME_TO_CONCEPT)
+    found, i = [], 0
+    while i < len(words):
+        for length in range(min(longest, len(words) - i), 0, -1):
+            concept = _NAME_TO_CONCEPT.get(" ".join(words[i : i + length]))
+            if concept is not None:
+                found.append(concept)
+                i += length
+                break
+        else:
+            i += 1
+    return found
+
+
+def parse_caption(caption: str) -> tuple[str | None, str | None]:
+    """Return the (object, style) a caption names, by any of their names; None for what it leaves out."""
+    named = concepts_named(caption)
+    objects = [c for c in named if c in OBJECTS]
+    styles = [c for c in named if c in STYLES]
     if len(objects) > 1 or len(styles) > 1:
         raise ValueError(f"caption names more than one object or style: {caption!r}")
     return (objects[0] if objects else None, styles[0] if styles else None)
@@ -109,21 +162,50 @@ def _shape_masks(u: torch.Tensor, v: torch.Tensor, object_index: torch.Tensor) -
 
 # --------------------------------------------------------------------------- styles
 
+#: Solid fills. Their luminances (about 0.33, 0.54 and 0.74) differ as much as
+#: their hues, so a style classifier that sees only greyscale tells them apart.
 _SOLID_COLOURS = {
-    "red": (0.86, 0.14, 0.14),
-    "blue": (0.14, 0.30, 0.88),
-    "yellow": (0.96, 0.80, 0.08),
-    "plain": (0.55, 0.55, 0.55),
+    "red": (0.84, 0.12, 0.12),
+    "blue": (0.30, 0.55, 0.95),
+    "yellow": (0.96, 0.76, 0.06),
 }
+#: Two-colour textures: (pattern colour, ground colour). ``stripes`` and
+#: ``checker`` share one palette, so only their pattern tells them apart.
+_SHARED_PALETTE = ((0.10, 0.42, 0.22), (0.70, 0.92, 0.62))
 _TEXTURE_COLOURS = {
-    "stripes": ((0.08, 0.50, 0.20), (0.62, 0.92, 0.62)),
-    "checker": ((0.10, 0.05, 0.12), (0.88, 0.20, 0.80)),
-    "dots": ((0.10, 0.65, 0.75), (0.20, 0.08, 0.30)),
+    "stripes": _SHARED_PALETTE,
+    "checker": _SHARED_PALETTE,
+    "dots": ((0.20, 0.08, 0.30), (0.10, 0.65, 0.75)),
 }
+#: ``plain``: a pale grey fill inside a dark grey outline, like a sketch.
+_PLAIN_FILL, _PLAIN_OUTLINE = (0.80, 0.80, 0.80), (0.22, 0.22, 0.22)
+#: Outline width of ``plain``, in canvas pixels.
+_OUTLINE_WIDTH = 1.5
 
 
-def _style_fill(x: torch.Tensor, y: torch.Tensor, style_index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """RGB fill [N, 3, H, W] of each sample's style, in canvas pixel coordinates."""
+def _texture_pattern(name: str, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Where a texture shows its pattern colour, in canvas pixel coordinates.
+
+    Periods are 5 to 8 pixels, coarse enough to survive the model's 2 x 2 latent
+    pixels and the blur of generation.
+    """
+    if name == "stripes":  # diagonal stripes, 8 px along each axis
+        return torch.remainder(xs + ys, 8.0) < 4.0
+    if name == "checker":  # 4 px cells
+        return (torch.floor(xs / 4) + torch.floor(ys / 4)).remainder(2) < 1
+    # dots of radius 1.6 px on a 5 px grid
+    dx = torch.remainder(xs, 5.0) - 2.5
+    dy = torch.remainder(ys, 5.0) - 2.5
+    return dx * dx + dy * dy <= 1.6**2
+
+
+def _style_fill(
+    x: torch.Tensor, y: torch.Tensor, inside: torch.Tensor, style_index: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """RGB fill [N, 3, H, W] of each sample's style, in canvas pixel coordinates.
+
+    ``inside`` is each sample's shape mask [N, H, W], for the outline of ``plain``.
+    """
     n = style_index.shape[0]
     fill = torch.zeros(n, 3, *x.shape[1:])
     jitter = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.08
@@ -136,18 +218,20 @@ def _style_fill(x: torch.Tensor, y: torch.Tensor, style_index: torch.Tensor, gen
         sel = style_index == STYLES.index(name)
         if not sel.any():
             continue
-        xs, ys = x[sel] + off_x[sel], y[sel] + off_y[sel]
-        if name == "stripes":  # diagonal stripes, period 4 px
-            pattern = torch.remainder(xs + ys, 4.0) < 2.0
-        elif name == "checker":  # 3 px cells
-            pattern = (torch.floor(xs / 3) + torch.floor(ys / 3)).remainder(2) < 1
-        else:  # dots of radius 1.1 px on a 4 px grid
-            dx = torch.remainder(xs, 4.0) - 2.0
-            dy = torch.remainder(ys, 4.0) - 2.0
-            pattern = dx * dx + dy * dy > 1.21
+        pattern = _texture_pattern(name, x[sel] + off_x[sel], y[sel] + off_y[sel])
         pa = torch.tensor(a).view(1, 3, 1, 1)
         pb = torch.tensor(b).view(1, 3, 1, 1)
         fill[sel] = torch.where(pattern.unsqueeze(1), pa, pb)
+    sel = style_index == STYLES.index(PLAIN_STYLE)
+    if sel.any():
+        supersample = x.shape[-1] // IMAGE_SIZE
+        width = max(1, round(_OUTLINE_WIDTH * supersample))
+        mask = inside[sel].unsqueeze(1).float()
+        interior = -F.max_pool2d(-mask, 2 * width + 1, stride=1, padding=width)  # erosion
+        outline = (mask - interior) > 0.5
+        pa = torch.tensor(_PLAIN_OUTLINE).view(1, 3, 1, 1)
+        pb = torch.tensor(_PLAIN_FILL).view(1, 3, 1, 1)
+        fill[sel] = torch.where(outline, pa, pb)
     return (fill + jitter).clamp(0, 1)
 
 
@@ -179,8 +263,9 @@ def render(
     u = cos * dx + sin * dy
     v = -sin * dx + cos * dy
 
-    inside = _shape_masks(u, v, object_index).unsqueeze(1).float()
-    fill = _style_fill(x, y, style_index, gen)
+    inside = _shape_masks(u, v, object_index)
+    fill = _style_fill(x, y, inside, style_index, gen)
+    inside = inside.unsqueeze(1).float()
     background = 0.9 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.12
     background = background + (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.06
     image = inside * fill + (1 - inside) * background.clamp(0, 1)
@@ -198,7 +283,8 @@ def sample_batch(
     ``caption_mix`` is the probability of (empty, full, object-only, style-only)
     captions. Empty captions teach the unconditional prediction used for
     classifier-free guidance; object-only and style-only captions give the
-    surrogate prompts of an erasure a meaning.
+    surrogate prompts of an erasure a meaning. Each concept is named by one of
+    its alternative names at ``ALTERNATIVE_NAME_RATE``.
     """
     object_index = torch.randint(len(OBJECTS), (n,), generator=gen)
     style_index = torch.randint(len(STYLES), (n,), generator=gen)
@@ -209,16 +295,25 @@ def sample_batch(
     samples = []
     for i, kind in enumerate(kinds):
         obj, style = OBJECTS[int(object_index[i])], STYLES[int(style_index[i])]
+        obj_name, style_name = _caption_name(obj, rng), _caption_name(style, rng)
         if kind == 0:
             caption = ""
         elif kind == 1:
-            caption = rng.choice(FULL_TEMPLATES).format(object=obj, style=style)
+            caption = rng.choice(FULL_TEMPLATES).format(object=obj_name, style=style_name)
         elif kind == 2:
-            caption = rng.choice(OBJECT_TEMPLATES).format(object=obj)
+            caption = rng.choice(OBJECT_TEMPLATES).format(object=obj_name)
         else:
-            caption = rng.choice(STYLE_TEMPLATES).format(style=style)
+            caption = rng.choice(STYLE_TEMPLATES).format(style=style_name)
         samples.append(Sample(obj, style, caption))
     return images, samples
+
+
+def _caption_name(concept: str, rng: random.Random) -> str:
+    """The concept's own word, or at ``ALTERNATIVE_NAME_RATE`` one of its other names (uniformly)."""
+    alternatives = ALTERNATIVE_NAMES.get(concept, ())
+    if alternatives and rng.random() < ALTERNATIVE_NAME_RATE:
+        return rng.choice(alternatives)
+    return concept
 
 
 def labelled_set(n_per_class_pair: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
