@@ -8,7 +8,10 @@ from an empty cache, so its time is that of a whole ``spare erase``; the other
 variants reuse its forget/retain sets (same seeds), so their time is profile,
 saliency and training only. The default variant is also scored with the
 held-out caption template. Results are written after every concept, so an
-interrupted run leaves what it measured. Prints a table and writes
+interrupted run leaves what it measured. The default variant is also
+scored on the concept's other names (synonyms and phrasings, which its forget
+prompts never use), counting only names the base model draws correctly at
+least 90 % of the time. Prints a table and writes
 ``bench/results/erasure.json``.
 
     .venv/bin/python bench/erasure.py --quick --variants default   # 2 styles, 2 objects, defaults only
@@ -27,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, write_json
-from spare_core.toy.erasure_eval import focused_evaluation, score
+from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, proportion, write_json
+from spare_core.toy.erasure_eval import alternative_name_accuracy, alternative_name_ua, focused_evaluation, score
 from spare_core.toy.pipeline import load_toy_classifiers
 from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
 
@@ -38,6 +41,8 @@ ERASED_SEEDS = tuple(range(500, 508))
 #: Seeds of every other prompt of the grid (IRA, CRA): 30 prompts x 2 = 60 generations.
 OTHER_SEEDS = (500, 501)
 TEMPLATES = {"eval": EVAL_TEMPLATE, "held_out": HELD_OUT_TEMPLATE}
+#: Seeds of the other-name prompts: 6 prompts x 4 seeds = 24 generations per name.
+NAME_SEEDS = ERASED_SEEDS[:4]
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -66,7 +71,7 @@ def evaluate(backend, classifiers, pair: ConceptPair, templates: dict[str, str])
     return result
 
 
-def run_one(backend, classifiers, pair, variant, base, cache_dir, unet_fp16_bytes) -> dict:
+def run_one(backend, classifiers, pair, variant, base, base_names, cache_dir, unet_fp16_bytes) -> dict:
     config = ErasureConfig(concepts=[pair]).with_settings(**VARIANTS[variant])
     start = time.perf_counter()
     result = erase(backend, config, cache_dir=cache_dir)
@@ -75,6 +80,9 @@ def run_one(backend, classifiers, pair, variant, base, cache_dir, unet_fp16_byte
     templates = TEMPLATES if variant == "default" else {"eval": EVAL_TEMPLATE}
     with result.adapter.applied():
         after = evaluate(backend, classifiers, pair, templates)
+        after_names = (
+            alternative_name_accuracy(backend, classifiers, pair.concept, NAME_SEEDS) if variant == "default" else None
+        )
     row = {
         "variant": variant,
         "concept": pair.concept,
@@ -88,15 +96,26 @@ def run_one(backend, classifiers, pair, variant, base, cache_dir, unet_fp16_byte
         "lora_share_of_unet_fp16": round(lora_bytes / unet_fp16_bytes, 5),
         **{kind: {"before": base[kind], "after": after[kind]} for kind in templates},
     }
+    if after_names is not None:
+        row["other_names"] = {
+            "before": base_names,
+            "after": after_names,
+            **alternative_name_ua(base_names, after_names),
+        }
     a, b = row["eval"]["after"], row["eval"]["before"]
     print(
         f"{variant:>20} {pair.concept:>9}: UA {a['ua']:.2f}  IRA {a['ira']:.3f} (base {b['ira']:.3f})  "
         f"CRA {a['cra']:.3f} (base {b['cra']:.3f})  surrogate {a['surrogate_rate']:.2f}  "
         f"other {a['other_attribute']:.3f} (base {b['other_attribute']:.3f})  "
-        f"{seconds:.0f} s  {lora_bytes / 1024:.0f} KiB",
+        f"{seconds:.0f} s  {lora_bytes / 1024:.0f} KiB" + _other_names_note(row),
         flush=True,
     )
     return row
+
+
+def _other_names_note(row: dict) -> str:
+    ua = row.get("other_names", {}).get("ua")
+    return "" if ua is None else f"  other names UA {ua:.2f}"
 
 
 def summarise(rows: list[dict], variant: str) -> dict:
@@ -118,9 +137,30 @@ def summarise(rows: list[dict], variant: str) -> dict:
         "max_lora_share_of_unet_fp16": max(r["lora_share_of_unet_fp16"] for r in mine),
         "worst_concept": {"concept": worst["concept"], **worst["eval"]["after"]},
     }
+    summary["pooled_eval_after"] = pooled(mine, "eval", "after")
+    summary["pooled_eval_before"] = pooled(mine, "eval", "before")
+    named = [r for r in mine if r.get("other_names", {}).get("n")]
+    if named:
+        k, n = sum(r["other_names"]["k"] for r in named), sum(r["other_names"]["n"] for r in named)
+        summary["other_names_ua"] = proportion(k, n)
+        worst = min(named, key=lambda r: r["other_names"]["ua"])
+        summary["other_names_worst"] = {"concept": worst["concept"], "ua": worst["other_names"]["ua"]}
+        summary["other_names_excluded"] = {
+            r["concept"]: sorted(set(r["other_names"]["base_rate"]) - set(r["other_names"]["names_counted"]))
+            for r in mine
+            if "other_names" in r and set(r["other_names"]["base_rate"]) - set(r["other_names"]["names_counted"])
+        }
     if all("held_out" in r for r in mine):
         summary.update({f"held_out_{k}_{w}": mean("held_out", w, k) for k in keys[:3] for w in ("before", "after")})
     return summary
+
+
+def pooled(rows: list[dict], kind: str, when: str) -> dict:
+    """UA and surrogate rate pooled over every erased generation of ``rows``, with Wilson intervals."""
+    n = sum(r[kind][when]["erased_generations"] for r in rows)
+    ua_k = round(sum(r[kind][when]["ua"] * r[kind][when]["erased_generations"] for r in rows))
+    surrogate_k = round(sum(r[kind][when]["surrogate_rate"] * r[kind][when]["erased_generations"] for r in rows))
+    return {"ua": proportion(ua_k, n), "surrogate_rate": proportion(surrogate_k, n)}
 
 
 def markdown_table(results: dict) -> str:
@@ -166,9 +206,12 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     for pair in concepts(args.quick):
         base = evaluate(backend, classifiers, pair, TEMPLATES)
+        base_names = alternative_name_accuracy(backend, classifiers, pair.concept, NAME_SEEDS)
         with tempfile.TemporaryDirectory() as cache_dir:
             for variant in variants:
-                rows.append(run_one(backend, classifiers, pair, variant, base, Path(cache_dir), unet_fp16_bytes))
+                rows.append(
+                    run_one(backend, classifiers, pair, variant, base, base_names, Path(cache_dir), unet_fp16_bytes)
+                )
         results = {
             "benchmark": "erasure",
             "quick": args.quick,

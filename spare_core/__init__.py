@@ -70,6 +70,9 @@ _EXPORTS: dict[str, str] = {
     "plot_losses": "plotting",
     "save_png": "fileio",
     "write_json": "fileio",
+    # rates with intervals
+    "wilson_interval": "stats",
+    "proportion": "stats",
 }
 
 __all__ = sorted(_EXPORTS)

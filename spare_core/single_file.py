@@ -97,8 +97,6 @@ def load_checkpoint(path: str | Path, torch_dtype: torch.dtype = torch.float32) 
     extra = {"safety_checker": None} if detected.arch != "sdxl" else {}
     with tempfile.TemporaryDirectory(prefix="spare_configs_") as tmp:
         folder = write_config_folder(configs, Path(tmp))
-        pipe = cls.from_single_file(
-            str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, **extra
-        )
+        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, dtype=torch_dtype, **extra)
     pipe.set_progress_bar_config(disable=True)
     return LoadedCheckpoint(pipe, detected, prediction, reason)

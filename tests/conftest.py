@@ -47,6 +47,13 @@ def toy_classifiers():
 
 
 @pytest.fixture(scope="session")
+def grey_style_classifier():
+    from spare_core.toy.pipeline import load_grey_style_classifier
+
+    return load_grey_style_classifier()
+
+
+@pytest.fixture(scope="session")
 def toy_backend():
     """The shipped toy model opened as the engine opens it (a v-prediction ``DiffusersBackend``)."""
     import torch

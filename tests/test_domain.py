@@ -57,6 +57,19 @@ def test_the_toy_backend_brings_the_toy_world(toy_backend):
         build_prompt_set(_config("dragon", "plain"), toy_backend.domain)
 
 
+@pytest.mark.parametrize(("concept", "surrogate"), [("red", "plain"), ("checker", "plain"), ("star", "circle")])
+def test_toy_forget_prompts_name_the_concept_by_its_own_word_only(concept, surrogate):
+    from spare_core.toy.domain import ToyDomain
+    from spare_core.toy.world import ALTERNATIVE_NAMES, concepts_named
+
+    prompts = build_prompt_set(_config(concept, surrogate), ToyDomain())
+    other_names = {name for names in ALTERNATIVE_NAMES.values() for name in names}
+    for prompt in prompts.forget + prompts.retain + prompts.surrogate:
+        padded = f" {prompt} "
+        assert not any(f" {name} " in padded for name in other_names), prompt
+    assert all(concept in p.split() and concept in concepts_named(p) for p in prompts.forget)
+
+
 @pytest.mark.slow
 def test_the_profile_contrast_works_on_a_real_model_shape(sd15_backend):
     config = _config(retain_prompts=["a photo of a dog on a beach"])

@@ -3,6 +3,7 @@
 import torch
 
 from spare_core.sampling import generate
+from spare_core.toy.classifier import to_greyscale
 from spare_core.toy.evaluate import generate_grid
 from spare_core.toy.world import OBJECTS, STYLES, degrade, labelled_set
 
@@ -25,19 +26,24 @@ def test_same_seed_same_image_whatever_the_batch(toy_pipe):
     assert torch.allclose(a[0], b[1], atol=1e-5)
 
 
-def test_shipped_classifiers_are_accurate_on_fresh_images(toy_classifiers):
+def test_shipped_classifiers_are_accurate_on_fresh_images(toy_classifiers, grey_style_classifier):
     object_clf, style_clf = toy_classifiers
     images, obj, sty = labelled_set(4, seed=123_456)  # 168 images never seen in training
-    assert (object_clf.predict(images) == obj).float().mean() >= 0.98
-    assert (style_clf.predict(images) == sty).float().mean() >= 0.98
     degraded = degrade(images, torch.Generator().manual_seed(0), blur_sigma=1.0, noise_std=0.1)
-    assert (object_clf.predict(degraded) == obj).float().mean() >= 0.95
-    assert (style_clf.predict(degraded) == sty).float().mean() >= 0.95
+    for clf, labels in ((object_clf, obj), (style_clf, sty), (grey_style_clf := grey_style_classifier, sty)):
+        assert (clf.predict(images) == labels).float().mean() >= 0.98
+        assert (clf.predict(degraded) == labels).float().mean() >= 0.95
+    # The greyscale classifier sees no colour: a grey image of the same luminance reads the same.
+    grey = to_greyscale(images).expand(-1, 3, -1, -1)
+    assert torch.allclose(grey_style_clf(images), grey_style_clf(grey), atol=1e-5)
 
 
-def test_generations_are_recognised(toy_backend, toy_classifiers):
+def test_generations_are_recognised(toy_backend, toy_classifiers, grey_style_classifier):
     # Every object x style prompt once: 42 generations.
     result = generate_grid(toy_backend, *toy_classifiers, seeds=[2024])
     assert len(result.images) == len(OBJECTS) * len(STYLES) >= 24
     assert result.object_accuracy >= 0.8, result.accuracy_by("object")
     assert result.style_accuracy >= 0.8, result.accuracy_by("style")
+    # The model draws the textures themselves, not only their colours.
+    grey_accuracy = (grey_style_classifier.predict(result.images) == result.style_labels).float().mean()
+    assert grey_accuracy >= 0.8

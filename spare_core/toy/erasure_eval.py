@@ -186,7 +186,10 @@ def alternative_name_accuracy(
     table = {}
     for name in ALTERNATIVE_NAMES.get(concept, ()):
         grid = generate_triples(backend, *classifiers, triples, template, steps, guidance_scale, names={concept: name})
-        labels, pred = (grid.style_labels, grid.style_pred) if domain == "style" else (grid.object_labels, grid.object_pred)
+        if domain == "style":
+            labels, pred = grid.style_labels, grid.style_pred
+        else:
+            labels, pred = grid.object_labels, grid.object_pred
         k, n = int((pred == labels).sum()), len(labels)
         table[name] = {"k": k, "n": n, "accuracy": k / n}
     return table

@@ -1,0 +1,45 @@
+"""Proportions with confidence intervals: every rate a benchmark reports (UA, accuracies) is k of n."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k / n.
+
+    Wilson (1927), "Probable inference, the law of succession, and statistical
+    inference", JASA 22: with z the normal quantile and p = k / n,
+    centre = (p + z^2 / 2n) / (1 + z^2 / n) and
+    half-width = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2).
+    Unlike the normal approximation it stays inside [0, 1] and is not empty
+    at k = 0 or k = n, where erasure rates often sit.
+    """
+    if n <= 0:
+        raise ValueError(f"a proportion needs at least one trial, got n = {n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie between 0 and n = {n}, got {k}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At k = 0 (k = n) the lower (upper) bound is exactly 0 (1); say so rather than leave rounding error.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def proportion(k: int, n: int, confidence: float = 0.95, digits: int = 4) -> dict:
+    """``{k, n, value, ci_low, ci_high}`` of k successes in n trials, with the Wilson interval."""
+    low, high = wilson_interval(k, n, confidence)
+    return {
+        "k": int(k),
+        "n": int(n),
+        "value": round(k / n, digits),
+        "ci_low": round(low, digits),
+        "ci_high": round(high, digits),
+    }

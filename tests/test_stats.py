@@ -1,0 +1,54 @@
+"""Rates with Wilson intervals, checked against values computed by hand."""
+
+import math
+
+import pytest
+
+from spare_core import proportion, wilson_interval
+
+Z95 = 1.959963984540054
+
+
+def _by_hand(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (3, 10), (47, 48), (290, 300)])
+def test_wilson_interval_matches_the_formula(k, n):
+    low, high = wilson_interval(k, n)
+    expected_low, expected_high = _by_hand(k, n)
+    assert low == pytest.approx(max(0.0, expected_low), abs=1e-12)
+    assert high == pytest.approx(min(1.0, expected_high), abs=1e-12)
+    assert low <= k / n <= high
+
+
+def test_wilson_interval_at_zero_successes_is_z2_over_n_plus_z2():
+    # At k = 0 the interval is [0, z^2 / (n + z^2)]: 3.8415 / 13.8415 = 0.2775 for n = 10.
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0
+    assert high == pytest.approx(Z95**2 / (10 + Z95**2), rel=1e-9)
+    assert high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_more_trials_narrow_the_interval_and_higher_confidence_widens_it():
+    width = lambda lo_hi: lo_hi[1] - lo_hi[0]  # noqa: E731
+    assert width(wilson_interval(290, 300)) < width(wilson_interval(29, 30))
+    assert width(wilson_interval(29, 30, confidence=0.99)) > width(wilson_interval(29, 30))
+    # 300 generations at a rate near 0.97 give about +-2 points, as the benchmarks promise.
+    assert width(wilson_interval(291, 300)) / 2 < 0.022
+
+
+def test_proportion_reports_k_n_value_and_interval():
+    row = proportion(47, 48)
+    assert row["k"] == 47 and row["n"] == 48
+    assert row["value"] == round(47 / 48, 4)
+    assert row["ci_low"] < row["value"] < row["ci_high"] <= 1.0
+
+
+@pytest.mark.parametrize(("k", "n", "confidence"), [(1, 0, 0.95), (5, 4, 0.95), (-1, 4, 0.95), (1, 4, 1.0)])
+def test_bad_counts_are_refused(k, n, confidence):
+    with pytest.raises(ValueError):
+        wilson_interval(k, n, confidence)
