@@ -16,12 +16,15 @@ least 90 % of the time. Prints a table and writes
 
     .venv/bin/python bench/erasure.py --quick --variants default   # 2 styles, 2 objects, defaults only
     .venv/bin/python bench/erasure.py                               # every concept and variant (about 95 min)
+    .venv/bin/python bench/erasure.py --variants default --cache-dir outputs/bench-cache   # defaults first, then
+    .venv/bin/python bench/erasure.py --resume --cache-dir outputs/bench-cache             # the other variants
     .venv/bin/python bench/erasure.py --table bench/results/erasure.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -185,6 +188,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="two styles and two objects only")
     p.add_argument("--variants", nargs="+", default=None, help=f"variants to run (default: all; {', '.join(VARIANTS)})")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of an existing results file and run only its missing (concept, variant) cells",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep each concept's forget/retain sets in a folder here, so that a later run of other variants "
+        "reuses them (default: a temporary folder per concept). Sets are keyed by prompts and settings, not by "
+        "the model's weights: use a new folder after retraining the toy model",
+    )
     p.add_argument("--table", type=Path, default=None, help="only print the Markdown table of a results file")
     args = p.parse_args(argv)
     if args.table is not None:
@@ -199,29 +215,47 @@ def main(argv: list[str] | None = None) -> dict:
         variants = ["default"] + [v for v in variants if v != "default"]
     out = args.out or ROOT / "bench" / "results" / ("erasure_quick.json" if args.quick else "erasure.json")
 
+    previous = json.loads(out.read_text()) if args.resume and out.exists() else {}
+    if previous and previous.get("quick") != args.quick:
+        p.error(f"{out} holds a {'quick' if previous['quick'] else 'full'} run; resume it with the same --quick")
+    rows: list[dict] = list(previous.get("rows", []))
+    minutes_before = previous.get("total_minutes", 0.0)
+
     backend = open_model("toy")
     classifiers = load_toy_classifiers()
     unet_fp16_bytes = sum(p.numel() for p in backend.denoiser().parameters()) * 2
-    rows: list[dict] = []
     started = time.perf_counter()
+    results = previous
     for pair in concepts(args.quick):
-        base = evaluate(backend, classifiers, pair, TEMPLATES)
-        base_names = alternative_name_accuracy(backend, classifiers, pair.concept, NAME_SEEDS)
-        with tempfile.TemporaryDirectory() as cache_dir:
-            for variant in variants:
-                rows.append(
-                    run_one(backend, classifiers, pair, variant, base, base_names, Path(cache_dir), unet_fp16_bytes)
-                )
+        done = {r["variant"] for r in rows if r["concept"] == pair.concept}
+        todo = [v for v in variants if v not in done]
+        if not todo:
+            continue
+        known = [r for r in rows if r["concept"] == pair.concept]
+        if known and "default" not in todo:  # the base scores are those of the rows already measured
+            base, base_names = {"eval": known[0]["eval"]["before"]}, None
+        else:
+            base = evaluate(backend, classifiers, pair, TEMPLATES)
+            base_names = alternative_name_accuracy(backend, classifiers, pair.concept, NAME_SEEDS)
+        with contextlib.ExitStack() as stack:
+            if args.cache_dir is None:
+                cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            else:
+                cache_dir = args.cache_dir / pair.concept
+            for variant in todo:
+                rows.append(run_one(backend, classifiers, pair, variant, base, base_names, cache_dir, unet_fp16_bytes))
+        measured = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
         results = {
             "benchmark": "erasure",
             "quick": args.quick,
             "erased_seeds": list(ERASED_SEEDS),
             "other_seeds": list(OTHER_SEEDS),
+            "name_seeds": list(NAME_SEEDS),
             "torch_threads": torch.get_num_threads(),
-            "total_minutes": round((time.perf_counter() - started) / 60, 1),
+            "total_minutes": round(minutes_before + (time.perf_counter() - started) / 60, 1),
             "defaults": ErasureConfig(concepts=[]).settings(),
-            "variants": {v: VARIANTS[v] for v in variants},
-            "summary": {v: summarise(rows, v) for v in variants},
+            "variants": {v: VARIANTS[v] for v in measured},
+            "summary": {v: summarise(rows, v) for v in measured},
             "rows": rows,
         }
         write_json(out, results)

@@ -25,3 +25,43 @@ def test_focused_evaluation_of_an_object(toy_backend, toy_classifiers):
     )
     assert (grid.object_labels == OBJECTS.index("star")).all()
     assert len(grid.images) == 2 * len(GRID_STYLES)
+
+
+def test_other_names_are_prompted_by_name_and_scored_on_the_concept(toy_backend, toy_classifiers):
+    from spare_core.toy.erasure_eval import alternative_name_accuracy
+    from spare_core.toy.world import ALTERNATIVE_NAMES
+
+    prompts_seen = []
+    real_sample = toy_backend.sample
+
+    def recording_sample(prompts, *args, **kwargs):
+        prompts_seen.extend(prompts)
+        return real_sample(prompts, *args, **kwargs)
+
+    toy_backend.sample = recording_sample
+    try:
+        table = alternative_name_accuracy(toy_backend, toy_classifiers, "red", seeds=[1], steps=2)
+    finally:
+        del toy_backend.sample
+    assert set(table) == set(ALTERNATIVE_NAMES["red"])
+    for name, row in table.items():
+        assert row["n"] == len(OBJECTS) and 0 <= row["k"] <= row["n"]
+        assert row["accuracy"] == row["k"] / row["n"]
+        assert sum(f" {name} " in f" {p} " for p in prompts_seen) == len(OBJECTS)
+    assert not any(" red " in f" {p} " for p in prompts_seen)
+
+
+def test_other_name_ua_counts_only_names_the_base_model_draws():
+    from spare_core.toy.erasure_eval import alternative_name_ua
+
+    before = {
+        "crimson": {"k": 23, "n": 24, "accuracy": 23 / 24},  # drawn well: counted
+        "cherry coloured": {"k": 12, "n": 24, "accuracy": 0.5},  # not understood: erased for free, left out
+    }
+    after = {"crimson": {"k": 3, "n": 24, "accuracy": 3 / 24}, "cherry coloured": {"k": 0, "n": 24, "accuracy": 0.0}}
+    result = alternative_name_ua(before, after)
+    assert result["names_counted"] == ["crimson"]
+    assert (result["k"], result["n"]) == (21, 24)
+    assert result["ua"] == 21 / 24
+    assert result["base_rate"] == {"crimson": round(23 / 24, 4), "cherry coloured": 0.5}
+    assert alternative_name_ua(before, after, min_base_rate=0.99)["ua"] is None
