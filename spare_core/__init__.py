@@ -70,6 +70,9 @@ _EXPORTS: dict[str, str] = {
     "plot_losses": "plotting",
     "save_png": "fileio",
     "write_json": "fileio",
+    # weights published as pickles
+    "convert_to_safetensors": "convert",
+    "ConversionError": "convert",
     # rates with intervals
     "wilson_interval": "stats",
     "proportion": "stats",

@@ -359,6 +359,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a pickled PyTorch weights file (.pth, .pt, .ckpt) to safetensors, safely."""
+    from . import convert_to_safetensors
+
+    out = args.out or Path(args.file).with_suffix(".safetensors")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; pass --force to replace it")
+    summary = convert_to_safetensors(args.file, out)
+    print(f"wrote {out} ({summary['tensors']} tensors, {summary['parameters']:,} values, {summary['bytes']:,} bytes)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -443,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("inspect", _cmd_inspect)
     p.add_argument("file", help="a LoRA .safetensors file")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+    p = command("convert", _cmd_convert)
+    p.add_argument("file", type=Path, help="a pickled PyTorch state dict (.pth, .pt, .ckpt)")
+    p.add_argument("--out", type=Path, help="the safetensors file to write (default: same name, .safetensors)")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
     p = command("toy-grid", _cmd_toy_grid)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the grid and its report")
