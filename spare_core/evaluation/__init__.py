@@ -1,0 +1,1 @@
+"""Evaluation of erasures: metrics with intervals, and the classifiers that judge generations."""
