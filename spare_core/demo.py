@@ -31,7 +31,7 @@ from spare_core import (
 )
 from spare_core.toy.erasure_eval import before_after_scores, preview_prompts
 from spare_core.toy.evaluate import generate_grid
-from spare_core.toy.pipeline import load_toy_classifiers
+from spare_core.toy.pipeline import load_grey_style_classifier, load_toy_classifiers
 from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, STYLES
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ def run_toy_grid(out: Path, seed: int = 0, steps: int = 20, guidance: float = 5.
     backend = open_model("toy")
     object_clf, style_clf = load_toy_classifiers()
     result = generate_grid(backend, object_clf, style_clf, seeds=[seed], steps=steps, guidance_scale=guidance)
+    grey_style_pred = load_grey_style_classifier().predict(result.images)
+    grey_style_accuracy = float((grey_style_pred == result.style_labels).float().mean())
     wrong = (result.object_pred != result.object_labels) | (result.style_pred != result.style_labels)
     out = Path(out)
     save_png(grid_image(result.images, OBJECTS, STYLES, marks=wrong), out / "toy_grid.png")
@@ -120,13 +122,14 @@ def run_toy_grid(out: Path, seed: int = 0, steps: int = 20, guidance: float = 5.
         "generations": len(result.images),
         "object_accuracy": result.object_accuracy,
         "style_accuracy": result.style_accuracy,
+        "grey_style_accuracy": grey_style_accuracy,
         "seconds": round(time.time() - start, 2),
     }
     write_json(out / "toy_grid.json", report)
     print(f"wrote {out / 'toy_grid.png'} ({len(OBJECTS)} objects x {len(STYLES)} styles, seed {seed})")
     print(
         f"classifiers recognise the object in {result.object_accuracy:.1%} and the style in "
-        f"{result.style_accuracy:.1%} of the {len(result.images)} generations (red frames: misread); "
-        f"{report['seconds']:.1f} s"
+        f"{result.style_accuracy:.1%} of the {len(result.images)} generations (red frames: misread), "
+        f"the greyscale style classifier the style in {grey_style_accuracy:.1%}; {report['seconds']:.1f} s"
     )
     return report

@@ -47,3 +47,17 @@ def test_generations_are_recognised(toy_backend, toy_classifiers, grey_style_cla
     # The model draws the textures themselves, not only their colours.
     grey_accuracy = (grey_style_classifier.predict(result.images) == result.style_labels).float().mean()
     assert grey_accuracy >= 0.8
+
+
+def test_toy_grid_command_reports_every_classifier(tmp_path, capsys):
+    import json
+
+    from spare_core.cli import main
+
+    assert main(["toy-grid", "--out", str(tmp_path), "--steps", "4"]) == 0
+    report = json.loads((tmp_path / "toy_grid.json").read_text())
+    assert report["generations"] == len(OBJECTS) * len(STYLES)
+    for key in ("object_accuracy", "style_accuracy", "grey_style_accuracy"):
+        assert 0.0 <= report[key] <= 1.0
+    assert "greyscale style classifier" in capsys.readouterr().out
+    assert (tmp_path / "toy_grid.png").stat().st_size > 0
