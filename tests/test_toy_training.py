@@ -75,6 +75,15 @@ def test_training_command_writes_a_model_the_loader_accepts(tmp_path):
     assert torch.equal(pipe.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
     load_toy_classifiers(tmp_path)
     assert load_grey_style_classifier(tmp_path).greyscale
+    assert [(r["from_step"], r["to_step"]) for r in manifest["training"]["runs"]] == [(0, 2)]
+
+    # Resumed with more steps: the manifest lists both commands, and keeps the classifiers' time.
+    main(["--out", str(tmp_path), "--steps", "3", "--batch-size", "2", "--checkpoint-every", "1"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    runs = manifest["training"]["runs"]
+    assert [(r["from_step"], r["to_step"]) for r in runs] == [(0, 2), (2, 3)]
+    assert "--steps 3" in runs[1]["command"] and manifest["training"]["steps"] == 3
+    assert "classifier_seconds" in manifest["training"]
 
 
 def test_loader_rejects_a_corrupted_file(tmp_path):

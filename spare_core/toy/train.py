@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         if progress_file.exists():
             elapsed_before = json.loads(progress_file.read_text())["elapsed_seconds"]
         logger.info("resuming from step %d (%s)", trainer.step, checkpoint)
+    first_step = trainer.step
 
     start = time.time()
     bar = tqdm(total=args.steps, initial=trainer.step, desc="diffusion", unit="step")
@@ -232,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     files = ["unet.safetensors", "text_encoder.safetensors", *CLASSIFIER_FILES]
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    command = "python -m spare_core.toy.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    previous = manifest.get("training", {}) if first_step > 0 else {}
+    if "classifier_seconds" not in timings and "classifier_seconds" in previous:
+        timings["classifier_seconds"] = previous["classifier_seconds"]
+    # A model resumed with more --steps than its first run had is the work of several commands: list them all.
+    runs = [*previous.get("runs", []), {"command": command, "from_step": first_step, "to_step": args.steps}]
     manifest.update(
         {
             "files": {name: {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size} for name in files},
@@ -239,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
             "text_encoder_config": TEXT_ENCODER_CONFIG,
             "scheduler_config": {**SCHEDULER_CONFIG, **DDIM_EXTRA},
             "training": {
-                "command": "python -m spare_core.toy.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                "command": command,
+                "runs": runs,
                 "seed": args.seed,
                 "steps": args.steps,
                 "batch_size": args.batch_size,
