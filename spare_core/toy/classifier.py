@@ -75,7 +75,7 @@ def _training_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.T
     images = render(obj, sty, gen)
     # Half the batch is degraded with a random blur and noise level.
     half = n // 2
-    sigma = float(torch.rand(1, generator=gen)) * 1.3
+    sigma = float(torch.rand(1, generator=gen)) * 1.6
     noise = float(torch.rand(1, generator=gen)) * 0.15
     images[:half] = degrade(images[:half], gen, blur_sigma=sigma, noise_std=noise)
     return images.clamp(-1.5, 1.5), obj, sty

@@ -22,9 +22,9 @@ class ToyDomain:
     name = "toy"
 
     def forget_prompts(self, concept: str) -> list[str]:
-        """Training prompts naming a toy concept (the evaluation template excluded)."""
+        """Training prompts naming a toy concept by its own word (core templates, the evaluation one excluded)."""
         kind = toy_kind(concept)
-        templates = [t for t in world.FULL_TEMPLATES if t != world.EVAL_TEMPLATE]
+        templates = [t for t in world.CORE_TEMPLATES if t != world.EVAL_TEMPLATE]
         if kind == "style":
             prompts = [t.format(object=o, style=concept) for t in templates for o in world.OBJECTS]
             return prompts + [t.format(style=concept) for t in world.STYLE_TEMPLATES]

@@ -163,14 +163,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m spare_core.toy.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for the weights, manifest and checkpoints")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    p.add_argument("--steps", type=int, default=3200, help="diffusion training steps (default 3200)")
+    p.add_argument("--steps", type=int, default=5000, help="diffusion training steps (default 5000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument(
         "--min-snr-gamma", type=float, default=0.0, help="min-SNR loss weighting gamma; 0 (default) is plain MSE"
     )
-    p.add_argument("--classifier-steps", type=int, default=400)
+    p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")

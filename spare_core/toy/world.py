@@ -52,12 +52,21 @@ ALTERNATIVE_NAMES: dict[str, tuple[str, ...]] = {
 #: Share of concept mentions in training captions that use an alternative name.
 ALTERNATIVE_NAME_RATE = 0.25
 
-#: Caption templates seen in training.
-FULL_TEMPLATES: tuple[str, ...] = (
+#: Caption templates seen in training. The toy domain's forget prompts use the
+#: core ones; the others teach the words of the held-out template ("picture",
+#: "one", "drawn") in other arrangements, so that the held-out template tests an
+#: unseen phrasing of known words, not unknown words (which the tokenizer maps
+#: to one unknown token).
+CORE_TEMPLATES: tuple[str, ...] = (
     "a {object} in {style} style",
     "a {object} image in {style} style",
     "{style} style {object}",
     "an image of a {object} in {style} style",
+)
+FULL_TEMPLATES: tuple[str, ...] = CORE_TEMPLATES + (
+    "a picture of a {object} in {style} style",
+    "one {object} in {style} style",
+    "a {object} drawn in {style} style",
 )
 OBJECT_TEMPLATES: tuple[str, ...] = ("a {object}", "an image of a {object}")
 STYLE_TEMPLATES: tuple[str, ...] = ("an image in {style} style", "{style} style")
