@@ -21,6 +21,13 @@ from .world import OBJECTS, STYLES, degrade, render
 logger = logging.getLogger(__name__)
 
 
+#: The shipped classifiers' files, in the order ``train_classifiers`` returns them.
+CLASSIFIER_FILES = (
+    "object_classifier.safetensors",
+    "style_classifier.safetensors",
+    "grey_style_classifier.safetensors",
+)
+
 #: Luminance weights of ITU-R BT.601, the usual RGB -> greyscale conversion.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 

@@ -16,7 +16,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from .classifier import ToyClassifier
+from .classifier import CLASSIFIER_FILES, ToyClassifier
 from .model import build_sample_scheduler, build_text_encoder, build_unet
 from .text import build_tokenizer
 from .vae import PixelShuffleVAE
@@ -84,25 +84,26 @@ def load_toy_pipeline(
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
+def _load_classifier(weights_dir: Path, name: str, classifier: ToyClassifier, verify: bool) -> ToyClassifier:
+    classifier.load_state_dict(_load_checked(weights_dir, name, read_manifest(weights_dir), verify))
+    return classifier.eval()
+
+
 def load_toy_classifiers(
     weights_dir: str | Path = WEIGHTS_DIR, verify: bool = True
 ) -> tuple[ToyClassifier, ToyClassifier]:
     """The shipped (object, style) classifiers, in eval mode."""
-    weights_dir = Path(weights_dir)
-    manifest = read_manifest(weights_dir)
-    object_clf, style_clf = ToyClassifier(len(OBJECTS)), ToyClassifier(len(STYLES))
-    object_clf.load_state_dict(_load_checked(weights_dir, "object_classifier.safetensors", manifest, verify))
-    style_clf.load_state_dict(_load_checked(weights_dir, "style_classifier.safetensors", manifest, verify))
-    return object_clf.eval(), style_clf.eval()
+    object_file, style_file, _ = CLASSIFIER_FILES
+    return (
+        _load_classifier(Path(weights_dir), object_file, ToyClassifier(len(OBJECTS)), verify),
+        _load_classifier(Path(weights_dir), style_file, ToyClassifier(len(STYLES)), verify),
+    )
 
 
 def load_grey_style_classifier(weights_dir: str | Path = WEIGHTS_DIR, verify: bool = True) -> ToyClassifier:
     """The shipped style classifier that sees only greyscale, in eval mode: it checks textures by their pattern."""
-    weights_dir = Path(weights_dir)
-    manifest = read_manifest(weights_dir)
-    clf = ToyClassifier(len(STYLES), greyscale=True)
-    clf.load_state_dict(_load_checked(weights_dir, "grey_style_classifier.safetensors", manifest, verify))
-    return clf.eval()
+    grey_file = CLASSIFIER_FILES[2]
+    return _load_classifier(Path(weights_dir), grey_file, ToyClassifier(len(STYLES), greyscale=True), verify)
 
 
 def load_toy_backend(

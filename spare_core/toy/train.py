@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 from ..fileio import save_safetensors, write_json
-from .classifier import train_classifiers
+from .classifier import CLASSIFIER_FILES, train_classifiers
 from .model import (
     DDIM_EXTRA,
     SCHEDULER_CONFIG,
@@ -45,12 +45,6 @@ from .world import sample_batch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "train_state.safetensors"
-#: The classifiers' files, in the order ``train_classifiers`` returns them.
-CLASSIFIER_FILES = (
-    "object_classifier.safetensors",
-    "style_classifier.safetensors",
-    "grey_style_classifier.safetensors",
-)
 
 
 class Trainer:

@@ -83,6 +83,7 @@ def names_of(concept: str) -> tuple[str, ...]:
 
 #: Every name of every concept, mapped to the concept it names.
 _NAME_TO_CONCEPT: dict[str, str] = {name: c for c in OBJECTS + STYLES for name in names_of(c)}
+_LONGEST_NAME_WORDS = max(len(name.split()) for name in _NAME_TO_CONCEPT)
 
 #: Every word any template or name can produce: the tokenizer's vocabulary.
 VOCABULARY: tuple[str, ...] = tuple(
@@ -115,10 +116,9 @@ def full_caption(obj: str, style: str, template: str = EVAL_TEMPLATE) -> str:
 def concepts_named(caption: str) -> list[str]:
     """The concepts a caption names, in order, by any of their names (longest name first)."""
     words = caption.lower().replace(",", " ").replace(".", " ").split()
-    longest = max(len(name.split()) for name in _NAME_TO_CONCEPT)
     found, i = [], 0
     while i < len(words):
-        for length in range(min(longest, len(words) - i), 0, -1):
+        for length in range(min(_LONGEST_NAME_WORDS, len(words) - i), 0, -1):
             concept = _NAME_TO_CONCEPT.get(" ".join(words[i : i + length]))
             if concept is not None:
                 found.append(concept)
