@@ -195,13 +195,16 @@ _OUTLINE_WIDTH = 1.5
 def _texture_pattern(name: str, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """Where a texture shows its pattern colour, in canvas pixel coordinates.
 
-    Periods are 5 to 8 pixels, coarse enough to survive the model's 2 x 2 latent
-    pixels and the blur of generation.
+    Periods are 5 to 12 pixels, coarse enough to survive the model's 2 x 2 latent
+    pixels and the blur of generation. Stripes run horizontally so that they
+    cannot be mistaken for a checkerboard, whose cells line up along diagonals;
+    checker cells are 6 px, three latent pixels, so that even the thin shapes
+    (ring, star) hold a recognisable cell.
     """
-    if name == "stripes":  # diagonal stripes, 8 px along each axis
-        return torch.remainder(xs + ys, 8.0) < 4.0
-    if name == "checker":  # 4 px cells
-        return (torch.floor(xs / 4) + torch.floor(ys / 4)).remainder(2) < 1
+    if name == "stripes":  # horizontal bands, period 8 px
+        return torch.remainder(ys, 8.0) < 4.0
+    if name == "checker":  # 6 px cells
+        return (torch.floor(xs / 6) + torch.floor(ys / 6)).remainder(2) < 1
     # dots of radius 1.6 px on a 5 px grid
     dx = torch.remainder(xs, 5.0) - 2.5
     dy = torch.remainder(ys, 5.0) - 2.5
@@ -218,8 +221,8 @@ def _style_fill(
     n = style_index.shape[0]
     fill = torch.zeros(n, 3, *x.shape[1:])
     jitter = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.08
-    off_x = torch.rand(n, 1, 1, generator=gen) * 8
-    off_y = torch.rand(n, 1, 1, generator=gen) * 8
+    off_x = torch.rand(n, 1, 1, generator=gen) * 12  # a full period of every texture
+    off_y = torch.rand(n, 1, 1, generator=gen) * 12
     for name, colour in _SOLID_COLOURS.items():
         sel = style_index == STYLES.index(name)
         fill[sel] = torch.tensor(colour).view(3, 1, 1)
