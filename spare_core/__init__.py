@@ -70,12 +70,36 @@ _EXPORTS: dict[str, str] = {
     "plot_losses": "plotting",
     "save_png": "fileio",
     "write_json": "fileio",
+    "write_text": "fileio",
     # weights published as pickles
     "convert_to_safetensors": "convert",
     "ConversionError": "convert",
     # rates with intervals
     "wilson_interval": "stats",
     "proportion": "stats",
+    "paired_bootstrap": "stats",
+    # the UnlearnCanvas protocol
+    "evaluate_unlearncanvas": "evaluation.unlearncanvas",
+    "UnlearnCanvasProtocol": "evaluation.unlearncanvas",
+    # evaluation (the toy world's harness) and the baselines
+    "evaluate_edit": "toy.harness",
+    "BaseGrids": "toy.harness",
+    "report_markdown": "toy.harness",
+    "plot_prompt_matrix": "toy.harness",
+    "load_edit": "weight_delta",
+    "WeightDelta": "weight_delta",
+    "run_baseline": "baselines.methods",
+    "BASELINES": "baselines.methods",
+    "BaselineResult": "baselines.methods",
+    # many erasures over processes and devices
+    "load_jobs": "batch",
+    "parse_jobs": "batch",
+    "JOB_HASH_KEY": "batch",
+    "run_batch": "batch",
+    "erasure_worker": "batch",
+    "ProcessInfo": "batch",
+    "BatchJob": "batch",
+    "BatchError": "batch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -99,7 +99,74 @@ class LoraBranch(nn.Module):
         )
 
 
-class SparseLoRA(nn.Module):
+class HookedEdit(nn.Module):
+    """A change added to named modules' outputs by forward hooks; removing the hooks restores the model.
+
+    Subclasses set ``self._targets`` (the modules) and compute each one's change
+    in ``_change``; the sparse LoRA and the full-rank weight delta of the
+    baselines share attaching, detaching and the strength.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._targets: list[nn.Module] = []
+        self._handles: list = []
+        self.strength = 1.0
+
+    def _set_targets(self, denoiser: nn.Module, module_names: Sequence[str]) -> dict[str, nn.Module]:
+        """Target the named modules of ``denoiser`` (ValueError naming an unknown one); returns every module."""
+        if not module_names:
+            raise ValueError("the edit needs at least one target module")
+        modules = dict(denoiser.named_modules())
+        missing = [n for n in module_names if n not in modules]
+        if missing:
+            raise ValueError(f"no module named {missing[0]!r} in the model ({len(missing)} unknown)")
+        self.module_names = list(module_names)
+        self._targets = [modules[n] for n in self.module_names]
+        return modules
+
+    def _change(self, index: int, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What target ``index`` adds to its output for input ``x`` (at strength 1)."""
+        raise NotImplementedError
+
+    def attach(self, strength: float = 1.0) -> HookedEdit:
+        """Start adding the change to the target modules' outputs."""
+        self.detach()
+        self.strength = float(strength)
+        for index, target in enumerate(self._targets):
+            self._handles.append(target.register_forward_hook(self._hook(index)))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook: the model computes exactly what it did before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            x = inputs[0]
+            if x.is_inference():
+                x = x.clone()  # a tensor made under inference_mode cannot be saved for backward
+            return output + (self.strength * self._change(index, module, x)).to(output.dtype)
+
+        return hook
+
+    @contextmanager
+    def applied(self, strength: float = 1.0) -> Iterator[HookedEdit]:
+        """Attach for the duration of a ``with`` block (detached again even on error)."""
+        self.attach(strength)
+        try:
+            yield self
+        finally:
+            self.detach()
+
+
+class SparseLoRA(HookedEdit):
     """LoRA branches on named modules of a denoiser, attached by forward hooks."""
 
     def __init__(
@@ -112,20 +179,11 @@ class SparseLoRA(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if not module_names:
-            raise ValueError("the adapter needs at least one target module")
-        modules = dict(denoiser.named_modules())
-        missing = [n for n in module_names if n not in modules]
-        if missing:
-            raise ValueError(f"no module named {missing[0]!r} in the model ({len(missing)} unknown)")
+        modules = self._set_targets(denoiser, module_names)
         generator = torch.Generator().manual_seed(seed)
-        self.module_names = list(module_names)
         self.branches = nn.ModuleList(
             LoraBranch(modules[n], rank, alpha, (row_masks or {}).get(n), generator) for n in self.module_names
         )
-        self._targets = [modules[n] for n in self.module_names]
-        self._handles: list = []
-        self.strength = 1.0
 
     @classmethod
     def from_weights(cls, denoiser: nn.Module, weights: Mapping[str, LoraModuleWeights]) -> SparseLoRA:
@@ -151,41 +209,8 @@ class SparseLoRA(nn.Module):
     def branch(self, name: str) -> LoraBranch:
         return self.branches[self.module_names.index(name)]
 
-    def attach(self, strength: float = 1.0) -> SparseLoRA:
-        """Start adding the adapter's output to its target modules."""
-        self.detach()
-        self.strength = float(strength)
-        for target, branch in zip(self._targets, self.branches, strict=True):
-            self._handles.append(target.register_forward_hook(self._hook(branch)))
-        return self
-
-    def detach(self) -> None:
-        """Remove every hook: the model computes exactly what it did before."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def _hook(self, branch: LoraBranch):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
-            if x.is_inference():
-                x = x.clone()  # a tensor made under inference_mode cannot be saved for backward
-            return output + (self.strength * branch(x)).to(output.dtype)
-
-        return hook
-
-    @contextmanager
-    def applied(self, strength: float = 1.0) -> Iterator[SparseLoRA]:
-        """Attach for the duration of a ``with`` block (detached again even on error)."""
-        self.attach(strength)
-        try:
-            yield self
-        finally:
-            self.detach()
+    def _change(self, index: int, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.branches[index](x)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for b in self.branches for p in (b.down, b.up)]

@@ -1,4 +1,4 @@
-"""The ``spare`` command line: profile, saliency, erase, generate, inspect, toy-grid, app, demo.
+"""The ``spare`` command line: profile, saliency, erase, generate, inspect, eval, batch, convert, toy-grid, app, demo.
 
 A thin front end over the public API (``spare_core.__all__``): it turns options
 into settings and API calls, and results into files. The erasure settings'
@@ -371,6 +371,130 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate erasures on the toy world: UA, IRA, CRA, surrogate rate with intervals, on both templates."""
+    from . import (
+        BaseGrids,
+        evaluate_edit,
+        load_edit,
+        open_model,
+        pair_concepts,
+        plot_prompt_matrix,
+        report_markdown,
+        write_json,
+        write_text,
+    )
+
+    if args.protocol == "unlearncanvas":
+        return _eval_unlearncanvas(args)
+    if (args.model or "toy") != "toy":
+        raise UsageError("on a real model use --protocol unlearncanvas with the benchmark's model and classifiers")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    for path in args.edits:
+        if not Path(path).is_file():
+            raise UsageError(
+                f"{path} not found: give a LoRA (.safetensors) or a full-weight delta (.delta.safetensors)"
+            )
+    backend = open_model("toy", args.device, args.dtype)
+    base = BaseGrids(args.steps, args.guidance)
+    for path in args.edits:
+        edit, stored = load_edit(path, backend)
+        if args.concept:
+            pairs = _concept_pairs(args)
+        elif stored:
+            pairs = pair_concepts([c for c, _ in stored], [s for _, s in stored])
+        else:
+            raise UsageError(f"{path} does not say what it erases; give --concept and --surrogate")
+        report = evaluate_edit(
+            backend,
+            pairs,
+            edit,
+            seeds=range(args.seeds),
+            templates=args.templates,
+            strength=args.strength,
+            base=base,
+        ).as_dict()
+        report["file"] = str(path)
+        stem = Path(path).name.split(".")[0]
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / f"{stem}.json", report)
+        table = report_markdown(report)
+        write_text(args.out / f"{stem}.md", f"# {Path(path).name}\n\n{table}")
+        for template in args.templates:
+            plot_prompt_matrix(report, template, args.out / f"{stem}_matrix_{template}.png")
+        print(f"## {Path(path).name}\n\n{table}")
+    print(f"wrote {args.out}/ (a JSON report, a Markdown table and per-prompt matrix plots per file)")
+    return 0
+
+
+def _eval_unlearncanvas(args: argparse.Namespace) -> int:
+    """`spare eval --protocol unlearncanvas`: the published protocol on the user's local files."""
+    from . import Event, describe_error, evaluate_unlearncanvas, load_edit, open_model, write_json, write_text
+
+    if not args.model or args.model == "toy":
+        raise UsageError("--protocol unlearncanvas needs --model: the benchmark's fine-tuned SD 1.5 checkpoint")
+    for option in ("style_classifier", "object_classifier"):
+        path = getattr(args, option)
+        if path is None or not Path(path).is_file():
+            raise UsageError(
+                f"--{option.replace('_', '-')} must name the benchmark's classifier as .safetensors "
+                "(convert the published .pth with `spare convert`)"
+            )
+    backend = open_model(args.model, args.device, args.dtype)
+    runs = []
+    for path in args.edits:
+        edit, stored = load_edit(path, backend)
+        concepts = args.concept or [c for c, _ in stored]
+        if len(concepts) != 1:
+            raise UsageError(f"{path}: an UnlearnCanvas run erases one concept; give it with --concept")
+        runs.append((edit, concepts[0]))
+    with _ProgressBars() as bars:
+        try:
+            result = evaluate_unlearncanvas(
+                backend, runs, args.style_classifier, args.object_classifier,
+                on_batch=lambda done, total: bars(Event("preview", done, total, message="UnlearnCanvas answer set")),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise UsageError(describe_error(exc)) from None
+    write_json(args.out / "unlearncanvas.json", result)
+    lines = ["| run | domain | UA | IRA | CRA |", "|---|---|---|---|---|"]
+    rows = [(r["target"], r) for r in result["runs"]]
+    rows += [(f"average ({d}, {a['runs']} runs)", a) for d, a in result["averages"].items()]
+    for name, r in rows:
+        cells = [f"{r[m]['value']:.3f} [{r[m]['ci_low']:.3f}, {r[m]['ci_high']:.3f}]" for m in ("ua", "ira", "cra")]
+        lines.append(f"| {name} | {r['domain']} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    write_text((args.out / "unlearncanvas").with_suffix(".md"), table)
+    print(table + f"wrote {args.out / 'unlearncanvas.json'}")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    """Run a list of erasures (JSON or TOML) over every process and device; see the README for accelerate launch."""
+    from . import BASELINES, ProcessInfo, erasure_worker, load_jobs, run_batch
+
+    jobs = load_jobs(args.jobs, known_methods=("spare", *BASELINES))
+    for job in jobs:
+        if job.method != "spare" and BASELINES[job.method].parametrisation == "full":
+            if not job.output.name.endswith(".delta.safetensors"):
+                raise UsageError(
+                    f"job {job.index + 1}: {job.method} writes a full-weight delta; name its output *.delta.safetensors"
+                )
+    results = args.results or args.jobs.with_name(args.jobs.stem + "_results")
+    process = ProcessInfo.from_environment()
+    worker = erasure_worker(args.model or "toy", args.device, args.dtype, args.cache_dir)
+    report = run_batch(jobs, worker, results, args.model or "toy", process)
+    if report is None:  # not the main process: the main one reports
+        return 0
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    print(f"{len(jobs)} jobs: {counts}; wrote {results / 'batch.json'}")
+    for job in report.jobs:
+        if job["status"] not in ("done",):
+            print(f"  job {job['index'] + 1} ({Path(job['output']).name}): {job['status']}: {job.get('error', '')}")
+    return 0 if all(job["status"] == "done" for job in report.jobs) else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -460,6 +584,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="a pickled PyTorch state dict (.pth, .pt, .ckpt)")
     p.add_argument("--out", type=Path, help="the safetensors file to write (default: same name, .safetensors)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+    p = command("eval", _cmd_eval)
+    _add_model_options(p)
+    _add_concept_options(p)
+    p.add_argument("edits", nargs="+", type=Path, help="LoRA files or full-weight delta files (.delta.safetensors)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per object x style prompt (default 5)")
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        default=["evaluation", "held_out"],
+        choices=["evaluation", "held_out"],
+        help="caption templates to evaluate on (default both)",
+    )
+    p.add_argument("--strength", type=float, default=1.0, help="strength the edit is applied at (default 1.0)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5.0)")
+    p.add_argument(
+        "--out", type=Path, default=Path("outputs/eval"), help="folder for the reports (default outputs/eval)"
+    )
+    p.add_argument(
+        "--protocol", default="toy", choices=("toy", "unlearncanvas"),
+        help="toy (default: the toy world's harness) or unlearncanvas (the published protocol on --model)",
+    )  # fmt: skip
+    p.add_argument("--style-classifier", type=Path, help="UnlearnCanvas: the style ViT-L/16 as .safetensors")
+    p.add_argument("--object-classifier", type=Path, help="UnlearnCanvas: the object ViT-L/16 as .safetensors")
+
+    p = command("batch", _cmd_batch)
+    p.add_argument("jobs", type=Path, help="the job list: a .json list or a .toml file of [[jobs]]")
+    p.add_argument("--model", default=None, help="'toy' (default), a checkpoint file or a diffusers folder")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: this process's GPU under accelerate launch, else cpu), or a device",
+    )
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model weights dtype")
+    p.add_argument("--results", type=Path, help="folder for job results and batch.json (default: JOBS_results)")
+    p.add_argument("--cache-dir", type=Path, help="keep generated forget/retain sets here and re-use them")
 
     p = command("toy-grid", _cmd_toy_grid)
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the grid and its report")

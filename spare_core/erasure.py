@@ -37,7 +37,7 @@ from .images import fit_images
 from .prompts import PromptSet, build_prompt_set
 from .saliency import Saliency, compute_saliency
 from .timesteps import TimestepProfile, TimestepSampler, compute_profile, default_grid
-from .trainer import SelfDistillationTrainer, TrainingData, TrainingHistory
+from .trainer import Probe, SelfDistillationTrainer, TrainingData, TrainingHistory
 
 logger = logging.getLogger(__name__)
 
@@ -435,12 +435,15 @@ def train(
     cancel: CancelToken | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
+    probe: Probe | None = None,
+    probe_every: int = 10,
 ) -> TrainedAdapter:
     """Stage 3: train a sparse LoRA on ``saliency.selected`` by self-distillation toward the surrogates.
 
     Timesteps are drawn from ``profile`` (``timestep_mode`` ``profile``) or
     uniformly. With ``checkpoint`` the run saves its state every
     ``checkpoint_every`` steps and resumes from that file when started again.
+    ``probe(step, adapter)`` runs every ``probe_every`` steps (a benchmark's UA along training).
     """
     config.validate()
     configure_backend(backend, config)
@@ -454,7 +457,7 @@ def train(
     if park_encoders is not None:
         park_encoders()
     with gradient_checkpointing(backend.denoiser(), config.gradient_checkpointing):
-        history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every)
+        history = trainer.run(Monitor(on_event, cancel), checkpoint, checkpoint_every, probe, probe_every)
     return TrainedAdapter(adapter, history)
 
 
@@ -514,12 +517,15 @@ def erase(
     profile: TimestepProfile | None = None,
     saliency: Saliency | None = None,
     forget_images: torch.Tensor | None = None,
+    probe: Probe | None = None,
+    probe_every: int = 10,
 ) -> ErasureResult:
     """Run every stage in order (re-using any stage result given) and return the trained adapter.
 
     A given ``profile`` or ``saliency`` is checked against this erasure's
     prompts and settings first. ``forget_images`` are the user's own images
-    of the concept (see :func:`prepare_sets`).
+    of the concept (see :func:`prepare_sets`). ``probe(step, adapter)`` runs during
+    training every ``probe_every`` steps (see :func:`train`).
     """
     if sets is not None and forget_images is not None:
         raise ValueError("forget_images are used to make the sets: give them or the sets, not both")
@@ -567,6 +573,8 @@ def erase(
             cancel=cancel,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            probe=probe,
+            probe_every=probe_every,
         ),
     )
     return ErasureResult(config, sets, profile, saliency, trained.adapter, trained.history, seconds)

@@ -12,12 +12,18 @@ Teacher: the same model with the adapter detached. Per step:
 Every random draw of step ``k`` comes from a generator seeded by (seed, k), so
 a run resumed from a checkpoint ends with the same adapter as an
 uninterrupted one.
+
+The published baselines (:mod:`spare_core.baselines`) run on this same loop:
+their edit (a LoRA or a :class:`~spare_core.weight_delta.WeightDelta`) takes
+the adapter's place, their anchor prompts the surrogate's, and ESD's
+``x_t`` drawn by the edited model itself come from a ``forget_source``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +113,28 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 10) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+#: Draws the forget batch of one step: ``(generator, batch size) -> (prompt-pool index, x_t, t)``.
+ForgetSource = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: Called during training with the step reached and the adapter (see ``SelfDistillationTrainer.run``).
+Probe = Callable[[int, "SparseLoRA"], None]
+#: Learning rate of a step: ``(step, total steps, base rate) -> rate``.
+LearningRateSchedule = Callable[[int, int, float], float]
+
+
+def constant_lr(step: int, total: int, base: float) -> float:
+    """The base rate at every step (ESD's and LECO's published schedules)."""
+    return base
+
+
 class SelfDistillationTrainer:
-    """Trains ``adapter`` on ``backend`` with the SPARE objective."""
+    """Trains ``adapter`` on ``backend`` with the SPARE objective.
+
+    ``adapter`` is anything with ``applied()``, ``detach()``,
+    ``trainable_parameters()`` and a state dict (a :class:`SparseLoRA` or a
+    :class:`~spare_core.weight_delta.WeightDelta`). ``forget_source`` replaces
+    the forward-noised forget images as the source of the forget batch's
+    ``x_t``; a ``retain_weight`` of 0 skips the retain term's predictions.
+    """
 
     def __init__(
         self,
@@ -117,8 +143,13 @@ class SelfDistillationTrainer:
         data: TrainingData,
         sampler: TimestepSampler,
         config: ErasureConfig,
+        *,
+        forget_source: ForgetSource | None = None,
+        lr_schedule: LearningRateSchedule | None = None,
     ):
         self.backend, self.adapter, self.data, self.sampler, self.config = backend, adapter, data, sampler, config
+        self.forget_source = forget_source
+        self.lr_schedule = lr_schedule or cosine_lr
         self.optimizer = torch.optim.AdamW(
             adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -152,29 +183,37 @@ class SelfDistillationTrainer:
     def train_step(self) -> StepReport:
         cfg, data = self.config, self.data
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        f_index, f_xt, f_t = self._batch(self.forget_latents, gen, self.sampler)
-        r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler)
-        f_prompt = self.forget_prompt_index[f_index]
+        if self.forget_source is not None:
+            f_index, f_xt, f_t = self.forget_source(gen, cfg.batch_size)
+            f_prompt = f_index
+        else:
+            f_index, f_xt, f_t = self._batch(self.forget_latents, gen, self.sampler)
+            f_prompt = self.forget_prompt_index[f_index]
+        with_retain = cfg.retain_weight > 0
+        retain_part = []
+        if with_retain:
+            r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler)
+            retain_part = [(r_xt, r_t, data.retain_cond.select(data.retain_prompt_index[r_index]))]
         concept = data.concept_cond.select(f_prompt)
         surrogate = data.surrogate_cond.select(f_prompt)
-        retain = data.retain_cond.select(data.retain_prompt_index[r_index])
 
         self.adapter.detach()
         with torch.no_grad():
             if cfg.eta != 0:
-                eps_s, eps_f, retain_target = self._predict(
-                    [(f_xt, f_t, surrogate), (f_xt, f_t, concept), (r_xt, r_t, retain)]
+                eps_s, eps_f, *retain_target = self._predict(
+                    [(f_xt, f_t, surrogate), (f_xt, f_t, concept), *retain_part]
                 )
-                target = forget_target(eps_s, eps_f, cfg.eta, on_surrogate_image=f_index >= self.concept_images)
+                on_surrogate_image = (f_index >= self.concept_images) & (self.forget_source is None)
+                target = forget_target(eps_s, eps_f, cfg.eta, on_surrogate_image=on_surrogate_image)
             else:
-                target, retain_target = self._predict([(f_xt, f_t, surrogate), (r_xt, r_t, retain)])
+                target, *retain_target = self._predict([(f_xt, f_t, surrogate), *retain_part])
         with self.adapter.applied():
-            student_forget, student_retain = self._predict([(f_xt, f_t, concept), (r_xt, r_t, retain)])
+            student_forget, *student_retain = self._predict([(f_xt, f_t, concept), *retain_part])
             forget_loss = (student_forget - target).pow(2).mean()
-            retain_loss = (student_retain - retain_target).pow(2).mean()
+            retain_loss = (student_retain[0] - retain_target[0]).pow(2).mean() if with_retain else torch.zeros(())
             loss = cfg.forget_weight * forget_loss + cfg.retain_weight * retain_loss
             for group in self.optimizer.param_groups:
-                group["lr"] = cosine_lr(self.step, cfg.steps, cfg.lr)
+                group["lr"] = self.lr_schedule(self.step, cfg.steps, cfg.lr)
             self.optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -199,12 +238,16 @@ class SelfDistillationTrainer:
         monitor: Monitor | None = None,
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 50,
+        probe: Probe | None = None,
+        probe_every: int = 10,
     ) -> TrainingHistory:
         """Train to ``config.steps``, resuming from ``checkpoint_path`` if it holds a checkpoint.
 
         Every step checks ``monitor``'s cancel token first and reports a ``train``
         event after. A checkpoint is written every ``checkpoint_every`` steps and
         when the run is cancelled, so that it resumes where it stopped.
+        ``probe(step, adapter)`` runs every ``probe_every`` steps and after the
+        last (the benchmark measures UA along training there, off its clock).
         """
         monitor = monitor or Monitor()
         denoiser = self.backend.denoiser()
@@ -221,6 +264,8 @@ class SelfDistillationTrainer:
                     raise
                 report = self.train_step()
                 monitor.emit("train", report.step, report.total, loss=report.loss)
+                if probe is not None and (self.step % probe_every == 0 or self.step == self.config.steps):
+                    probe(self.step, self.adapter)
                 if checkpoint_path is not None and (
                     self.step % checkpoint_every == 0 and self.step < self.config.steps
                 ):

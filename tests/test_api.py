@@ -21,6 +21,7 @@ FRONT_ENDS = {
     ENGINE / "demo.py": True,  # the demo: public API and the toy world
     ROOT / "bench" / "erasure.py": True,
     ROOT / "bench" / "toy_quality.py": True,
+    ROOT / "bench" / "comparison.py": True,
     ROOT / "spare_app" / "forms.py": False,  # the app: public API, and the toy world for its scores
     ROOT / "spare_app" / "session.py": True,
     ROOT / "spare_app" / "ui.py": False,

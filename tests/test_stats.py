@@ -52,3 +52,23 @@ def test_proportion_reports_k_n_value_and_interval():
 def test_bad_counts_are_refused(k, n, confidence):
     with pytest.raises(ValueError):
         wilson_interval(k, n, confidence)
+
+
+def test_the_paired_bootstrap_keeps_pairs_so_shared_variation_cancels():
+    from spare_core import paired_bootstrap
+
+    shared = [i % 2 for i in range(200)]  # half the units are hard for both methods
+    better = list(shared)
+    for i in range(0, 200, 2):
+        better[i] = 1  # ... and the second method also gets every even unit right
+    result = paired_bootstrap(better, shared)
+    assert result["difference"] == 0.5 and result["n"] == 200
+    # Every resample of the pairs differs by the share of even units drawn: the interval is narrow around 0.5.
+    assert 0.4 < result["ci_low"] < 0.5 < result["ci_high"] < 0.6 and result["significant"]
+    same = paired_bootstrap(shared, shared)
+    assert (same["difference"], same["ci_low"], same["ci_high"], same["significant"]) == (0.0, 0.0, 0.0, False)
+    one_flip = list(shared)
+    one_flip[0] = 1
+    assert paired_bootstrap(one_flip, shared)["significant"] is False  # 1 unit in 200 is noise
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1, 0], [1])

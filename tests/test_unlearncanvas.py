@@ -91,3 +91,64 @@ def test_classifier_input_resizes_and_keeps_the_range():
     assert resized.min() >= -1 and resized.max() <= 1
     flat = torch.full((1, 3, 64, 64), 0.25)
     assert torch.allclose(classifier_input(flat, 32), torch.full((1, 3, 32, 32), 0.25))
+
+
+def _tiny_classifier(path, classes: int, seed: int):
+    from safetensors.torch import save_file
+
+    from spare_core.evaluation.vit import ViTClassifier, ViTConfig
+
+    torch.manual_seed(seed)
+    model = ViTClassifier(ViTConfig(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64,
+                                    num_classes=classes))  # fmt: skip
+    with torch.no_grad():
+        model.head.weight.normal_(0, 5.0)  # spread the predictions over the classes
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval()
+
+
+def test_the_protocol_runs_end_to_end_in_miniature_on_the_toy_model(toy_backend, tmp_path):
+    from spare_core import WeightDelta, evaluate_unlearncanvas
+
+    mini = Protocol(styles=("Van_Gogh", "Seed_Images", "Monet"), objects=("Cats", "Dogs"), seeds=(1, 2), steps=3,
+                    guidance=3.0, image_size=32, classifier_size=16)  # fmt: skip
+    style_clf = _tiny_classifier(tmp_path / "style.safetensors", 3, 0)
+    object_clf = _tiny_classifier(tmp_path / "object.safetensors", 2, 1)
+    unchanged = WeightDelta(toy_backend.denoiser(), ["conv_in"])
+    result = evaluate_unlearncanvas(
+        toy_backend, [(unchanged, "van gogh"), (unchanged, "Dogs")],
+        tmp_path / "style.safetensors", tmp_path / "object.safetensors", mini,
+    )  # fmt: skip
+    style_run, object_run = result["runs"]
+    assert style_run["target"] == "Van_Gogh" and object_run["target"] == "Dogs"
+
+    # The same answer set drawn and classified by hand.
+    grid = mini.grid()
+    images = toy_backend.sample([mini.prompt(s, o) for _, s, o in grid], [seed for seed, _, _ in grid], 3, 3.0)
+    with torch.no_grad():
+        inputs = classifier_input(images, 16)
+        by_hand = Accuracies.from_predictions(
+            mini, grid, style_clf(inputs).argmax(-1).tolist(), object_clf(inputs).argmax(-1).tolist()
+        )
+    assert style_run["accuracies"]["style"] == by_hand.style
+    assert style_run == {**unlearning_scores(mini, by_hand, "Van_Gogh"), "accuracies": style_run["accuracies"]}
+    assert style_run["ua"]["n"] == 2 * 2  # two objects x two seeds
+    assert result["averages"]["style"]["runs"] == 1 and result["averages"]["object"]["runs"] == 1
+    assert result["protocol"]["image_size"] == 32
+    with pytest.raises(ValueError, match="neither|not a style or object"):
+        evaluate_unlearncanvas(toy_backend, [(unchanged, "Seed Images")], tmp_path / "style.safetensors",
+                               tmp_path / "object.safetensors", mini)  # fmt: skip
+    with pytest.raises(ValueError, match="has 3 classes"):
+        evaluate_unlearncanvas(toy_backend, [(unchanged, "Dogs")], tmp_path / "style.safetensors",
+                               tmp_path / "style.safetensors", mini)  # fmt: skip
+
+
+def test_spare_eval_unlearncanvas_asks_for_the_model_and_the_classifiers(tmp_path, capsys):
+    from spare_core.cli import main
+
+    edit = tmp_path / "edit.safetensors"
+    edit.write_bytes(b"")
+    assert main(["eval", "--protocol", "unlearncanvas", str(edit)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["eval", "--protocol", "unlearncanvas", "--model", str(edit), str(edit)]) == 2
+    assert "--style-classifier" in capsys.readouterr().err

@@ -20,6 +20,9 @@ scales 1; rohitgandikota/unified-concept-editing, trainscripts/uce_sd_erase.py).
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from ..backend import Conditioning
 
 
 def uce_edit(
@@ -55,3 +58,45 @@ def uce_edit(
     # W gram = lhs, with gram symmetric positive definite: solve rather than invert.
     edited = torch.linalg.solve(gram, lhs.T).T
     return edited.to(weight.dtype)
+
+
+def token_rows(cond: Conditioning) -> torch.Tensor:
+    """Every token state of every prompt as one row, ``[prompts * tokens, dim]``."""
+    return cond.hidden_states.reshape(-1, cond.hidden_states.shape[-1])
+
+
+def uce_deltas(
+    denoiser: nn.Module,
+    module_names: list[str],
+    concept_cond: Conditioning,
+    guide_cond: Conditioning,
+    preserve_cond: Conditioning | None,
+    lam: float = 0.5,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """``W_new - W0`` of each named key/value projection for erasing the concept prompts toward their guides.
+
+    Each forget prompt's token states map to its guide prompt's states position
+    by position (the twins differ only in the concept's word, so every position
+    aligns, as the paper-era script aligns the tokens from the concept's last
+    word on; positions before the word are equal and act as preserved).
+    Every token state of the retained prompts keeps its output.
+    """
+    erase, guide = token_rows(concept_cond).float(), token_rows(guide_cond).float()
+    preserve = token_rows(preserve_cond).float() if preserve_cond is not None else None
+    modules = dict(denoiser.named_modules())
+    deltas = {}
+    for name in module_names:
+        weight = modules[name].weight.detach().float().cpu()
+        edited = uce_edit(
+            weight,
+            erase.cpu(),
+            guide.cpu(),
+            preserve.cpu() if preserve is not None else None,
+            lam,
+            erase_scale,
+            preserve_scale,
+        )
+        deltas[name] = edited - weight
+    return deltas

@@ -179,3 +179,109 @@ def average_scores(runs: Sequence[dict]) -> dict:
     for metric in ("ua", "ira", "cra"):
         out[metric] = proportion(sum(r[metric]["k"] for r in runs), sum(r[metric]["n"] for r in runs))
     return out
+
+
+# --------------------------------------------------------------------------- running the protocol
+
+
+def load_classifier(path, expected_classes: int):
+    """A ViT classifier from a safetensors file (``spare convert`` makes one from the published ``.pth``)."""
+    from pathlib import Path
+
+    from ..lora_file import read_safetensors
+    from .vit import ViTClassifier
+
+    tensors, _ = read_safetensors(Path(path))
+    model = ViTClassifier.from_state_dict(tensors)
+    if model.config.num_classes != expected_classes:
+        raise ValueError(
+            f"{Path(path).name} has {model.config.num_classes} classes; this classifier needs {expected_classes}"
+        )
+    return model
+
+
+@torch.no_grad()
+def generate_and_classify(
+    backend,
+    protocol: Protocol,
+    style_classifier: torch.nn.Module,
+    object_classifier: torch.nn.Module,
+    edit=None,
+    batch_size: int = 8,
+    on_batch=None,
+) -> Accuracies:
+    """Draw the protocol's answer set (with ``edit`` applied if given) and count what the classifiers read.
+
+    ``backend`` draws at ``protocol.image_size`` (its resolution is set to that for the run and restored
+    after); ``on_batch(done, total)`` is called after each batch.
+    """
+    from contextlib import nullcontext
+
+    from ..backend import apply_model_settings
+
+    grid = protocol.grid()
+    style_pred, object_pred = [], []
+    apply_model_settings(backend, resolution=protocol.image_size)
+    device = next(style_classifier.parameters()).device
+    try:
+        with edit.applied() if edit is not None else nullcontext():
+            for start in range(0, len(grid), batch_size):
+                chunk = grid[start : start + batch_size]
+                prompts = [protocol.prompt(style, obj) for _, style, obj in chunk]
+                images = backend.sample(prompts, [seed for seed, _, _ in chunk], protocol.steps, protocol.guidance)
+                inputs = classifier_input(images, protocol.classifier_size).to(device)
+                style_pred += style_classifier(inputs).argmax(-1).tolist()
+                object_pred += object_classifier(inputs).argmax(-1).tolist()
+                if on_batch is not None:
+                    on_batch(start + len(chunk), len(grid))
+    finally:
+        apply_model_settings(backend)
+    return Accuracies.from_predictions(protocol, grid, style_pred, object_pred)
+
+
+def target_name(protocol: Protocol, concept: str) -> str:
+    """The protocol's class for an erased concept as prompts name it (``Van Gogh`` -> ``Van_Gogh``)."""
+    key = concept.strip().replace(" ", "_").lower()
+    for name in (*protocol.targets("style"), *protocol.objects):
+        if name.lower() == key:
+            return name
+    raise ValueError(f"{concept!r} is not a style or object of the UnlearnCanvas protocol")
+
+
+#: The protocol's public name.
+UnlearnCanvasProtocol = Protocol
+
+
+def evaluate_unlearncanvas(
+    backend,
+    runs: Sequence[tuple[object, str]],
+    style_classifier_path,
+    object_classifier_path,
+    protocol: Protocol | None = None,
+    batch_size: int = 8,
+    on_batch=None,
+) -> dict:
+    """Every unlearning run ``(edit, erased concept)`` scored as UnlearnCanvas does, and the averages per domain.
+
+    The classifiers are the benchmark's two ViT-L/16 files converted to safetensors
+    (``spare convert``); ``backend`` is the benchmark's fine-tuned model.
+    """
+    protocol = protocol or Protocol()
+    style_clf = load_classifier(style_classifier_path, len(protocol.styles)).to(backend.device)
+    object_clf = load_classifier(object_classifier_path, len(protocol.objects)).to(backend.device)
+    scored = []
+    for edit, concept in runs:
+        target = target_name(protocol, concept)
+        accuracies = generate_and_classify(backend, protocol, style_clf, object_clf, edit, batch_size, on_batch)
+        scored.append(
+            {**unlearning_scores(protocol, accuracies, target), "accuracies": {"style": accuracies.style,
+                                                                               "object": accuracies.object}}
+        )  # fmt: skip
+    averages = {}
+    for domain in ("style", "object"):
+        mine = [r for r in scored if r["domain"] == domain]
+        if mine:
+            averages[domain] = average_scores(mine)
+    return {"protocol": {"styles": len(protocol.styles), "objects": len(protocol.objects),
+                         "seeds": list(protocol.seeds), "steps": protocol.steps, "guidance": protocol.guidance,
+                         "image_size": protocol.image_size}, "runs": scored, "averages": averages}  # fmt: skip

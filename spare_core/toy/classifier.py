@@ -67,6 +67,18 @@ class ToyClassifier(nn.Module):
         return self.head(self.features(images).mean(dim=(2, 3)))
 
     @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The pooled features the head reads, ``[N, channels]`` (a feature distance between images)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size].float()
+            out.append(self.features(to_greyscale(chunk) if self.greyscale else chunk).mean(dim=(2, 3)))
+        self.train(was_training)
+        return torch.cat(out)
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class index per image."""
         was_training = self.training

@@ -104,43 +104,65 @@ def focused_evaluation(
     return generate_triples(backend, *classifiers, triples, template, steps, guidance_scale)
 
 
-def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:
-    """Scores of each erased concept on one evaluation grid."""
+#: The metrics of one erased concept, each a count of k successes in n generations.
+METRICS = ("ua", "ira", "cra", "surrogate_rate", "other_attribute")
+
+
+def erasure_outcomes(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[dict[str, torch.Tensor]]:
+    """For each erased concept, every metric of :data:`METRICS` as one boolean per generation it counts.
+
+    UA counts generations of the concept's prompts not classified as the
+    concept; IRA the other concepts of its domain (other erased concepts
+    excluded) classified right; CRA the other domain classified right on
+    prompts without the concept. Generations keep the grid's order, so two
+    edits evaluated on the same grid can be compared generation by generation.
+    """
     erased = {p.concept for p in pairs}
-    scores = []
+    out = []
     for pair in pairs:
-        domain = domain_of(pair.concept)
-        if domain == "style":
+        if domain_of(pair.concept) == "style":
             labels, pred, other_labels, other_pred, names = (
-                grid.style_labels,
-                grid.style_pred,
-                grid.object_labels,
-                grid.object_pred,
-                STYLES,
-            )
+                grid.style_labels, grid.style_pred, grid.object_labels, grid.object_pred, STYLES,
+            )  # fmt: skip
         else:
             labels, pred, other_labels, other_pred, names = (
-                grid.object_labels,
-                grid.object_pred,
-                grid.style_labels,
-                grid.style_pred,
-                OBJECTS,
-            )
+                grid.object_labels, grid.object_pred, grid.style_labels, grid.style_pred, OBJECTS,
+            )  # fmt: skip
         target = names.index(pair.concept)
         on_concept = labels == target
-        same_domain_erased = torch.tensor([names[int(i)] in erased for i in labels])
-        others = ~same_domain_erased
+        others = ~torch.tensor([names[int(i)] in erased for i in labels], dtype=torch.bool)
         surrogate = names.index(pair.surrogate) if pair.surrogate in names else -1
+        out.append(
+            {
+                "ua": pred[on_concept] != target,
+                "ira": pred[others] == labels[others],
+                "cra": other_pred[~on_concept] == other_labels[~on_concept],
+                "surrogate_rate": pred[on_concept] == surrogate,
+                "other_attribute": other_pred[on_concept] == other_labels[on_concept],
+            }
+        )
+    return out
+
+
+def erasure_counts(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[dict[str, tuple[int, int]]]:
+    """For each erased concept, every metric of :data:`METRICS` as ``(k, n)`` on one evaluation grid."""
+    return [
+        {metric: (int(hits.sum()), int(hits.numel())) for metric, hits in row.items()}
+        for row in erasure_outcomes(grid, pairs)
+    ]
+
+
+def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:
+    """Scores of each erased concept on one evaluation grid."""
+    scores = []
+    for pair, counts in zip(pairs, erasure_counts(grid, pairs), strict=True):
+        rates = {name: k / n if n else float("nan") for name, (k, n) in counts.items()}
         scores.append(
             ErasureScores(
                 concept=pair.concept,
-                domain=domain,
-                ua=float((pred[on_concept] != target).float().mean()),
-                ira=float((pred[others] == labels[others]).float().mean()),
-                cra=float((other_pred[~on_concept] == other_labels[~on_concept]).float().mean()),
-                surrogate_rate=float((pred[on_concept] == surrogate).float().mean()),
-                other_attribute=float((other_pred[on_concept] == other_labels[on_concept]).float().mean()),
-                erased_generations=int(on_concept.sum()),
+                domain=domain_of(pair.concept),
+                erased_generations=counts["ua"][1],
+                **rates,
             )
         )
     return scores

@@ -1,0 +1,399 @@
+"""Benchmark: SPARE against ESD-x, ESD-u, LECO and UCE, and SPARE's ablations, on every toy concept.
+
+Every method runs through ``spare batch``'s engine (``run_batch``), one job per
+method and concept, so an interrupted run resumes where it stopped (each
+finished job's output carries its settings hash; its figures are in its own
+result file). Run it alone: two torch processes on 2 cores slow each other
+about tenfold.
+
+Protocol (the same for every method):
+
+* Concepts: every toy style (surrogate ``plain``) and object (surrogate: the
+  next object), except the tuning concept ``yellow``.
+* Learning rate: each trained method's published (or default) rate times
+  0.3, 1 and 3, tried on the tuning concept; the rate with UA >= 0.99 and
+  the highest min(IRA, CRA) (else the highest UA) is used everywhere.
+* Evaluation: ``spare eval``'s harness, 5 seeds of every object x style prompt
+  on both templates (per concept 30 or 25 erased generations per template,
+  pooled over 11 concepts about 300), with 95 % Wilson intervals; retain
+  fidelity on the same seeds.
+* UA along training: every 10 steps on a fixed sample (the concept's 6
+  prompts x 2 probe seeds), off the clock. "Seconds to UA 0.99" is the whole
+  erase's time (image sets, profile, saliency and training, as each method
+  needs them) at the first probe that reads UA >= 0.99; a method that never
+  gets there within its published steps reports its whole time as a lower bound.
+* Better/worse: a paired bootstrap of the difference to SPARE, generation by
+  generation on the same prompts and seeds; "better" only where its 95 %
+  interval excludes zero.
+
+    .venv/bin/python bench/comparison.py --quick       # 2 concepts, SPARE and the four baselines, no sweep
+    .venv/bin/python bench/comparison.py               # everything (several hours on 2 cores)
+    .venv/bin/python bench/comparison.py --table bench/results/comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from spare_core import (
+    BASELINES,
+    JOB_HASH_KEY,
+    BaseGrids,
+    BatchJob,
+    ConceptPair,
+    ErasureConfig,
+    ProcessInfo,
+    erase,
+    evaluate_edit,
+    lora_from_adapter,
+    open_model,
+    paired_bootstrap,
+    parse_jobs,
+    run_baseline,
+    run_batch,
+    write_json,
+    write_text,
+)
+from spare_core.toy.erasure_eval import GRID_STYLES, METRICS
+from spare_core.toy.evaluate import generate_triples
+from spare_core.toy.harness import TEMPLATES, metric_table, plot_tradeoff
+from spare_core.toy.pipeline import load_toy_classifiers
+from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNING = ConceptPair("yellow", PLAIN_STYLE)
+LR_FACTORS = (0.3, 1.0, 3.0)
+EVAL_SEEDS = tuple(range(5))
+SWEEP_SEEDS = (0, 1)
+PROBE_SEEDS = (900, 901)
+PROBE_EVERY = 10
+UA_TARGET = 0.99
+#: SPARE's ablations: SPARE with some settings changed.
+ABLATIONS: dict[str, dict] = {
+    "spare_no_saliency_kv": {"module_scope": "text", "top_k": 0, "module_fraction": 1.0},
+    "spare_no_saliency_attention": {"module_scope": "attention", "top_k": 0, "module_fraction": 1.0},
+    "spare_per_channel": {"channel_fraction": 0.25},
+    "spare_uniform_timesteps": {"timestep_mode": "uniform"},
+    "spare_eta0": {"eta": 0.0},
+}
+BASELINE_ORDER = ("esd_x", "esd_u", "esd_x_anchor", "esd_u_anchor", "esd_x_noised", "esd_u_noised", "leco", "uce")
+QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
+
+
+def all_concepts() -> list[ConceptPair]:
+    pairs = [ConceptPair(s, PLAIN_STYLE) for s in STYLES if s != PLAIN_STYLE]
+    pairs += [ConceptPair(o, OBJECTS[(i + 1) % len(OBJECTS)]) for i, o in enumerate(OBJECTS)]
+    return [p for p in pairs if p.concept != TUNING.concept]
+
+
+def method_of(label: str) -> tuple[str, dict]:
+    """The batch job's method and extra settings of a table row."""
+    if label == "spare":
+        return "spare", {}
+    if label in ABLATIONS:
+        return "spare", dict(ABLATIONS[label])
+    return label, {}
+
+
+def default_lr(label: str) -> float:
+    method, _ = method_of(label)
+    return ErasureConfig([TUNING]).lr if method == "spare" else BASELINES[method].lr
+
+
+def is_trained(label: str) -> bool:
+    method, _ = method_of(label)
+    return method == "spare" or BASELINES[method].trained
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class ComparisonWorker:
+    """Erase, probe UA along training, evaluate; one per process (keeps the model and the base grids)."""
+
+    def __init__(self, labels: dict[int, str], seeds, templates):
+        self.labels, self.seeds, self.templates = labels, tuple(seeds), tuple(templates)
+        self.backend = None
+
+    def _setup(self) -> None:
+        if self.backend is None:
+            self.backend = open_model("toy")
+            self.classifiers = load_toy_classifiers()
+            self.base = BaseGrids()
+
+    def probe_ua(self, pair: ConceptPair) -> callable:
+        """UA on the concept's grid prompts x the probe seeds, with the adapter applied."""
+        if pair.concept in STYLES:
+            triples = [(s, o, pair.concept) for o in OBJECTS for s in PROBE_SEEDS]
+        else:
+            triples = [(s, pair.concept, st) for st in GRID_STYLES for s in PROBE_SEEDS]
+
+        def ua(adapter) -> float:
+            with adapter.applied():
+                grid = generate_triples(self.backend, *self.classifiers, triples, EVAL_TEMPLATE)
+            labels, pred = (grid.style_labels, grid.style_pred) if pair.concept in STYLES else (
+                grid.object_labels, grid.object_pred)  # fmt: skip
+            return float((pred != labels).float().mean())
+
+        return ua
+
+    def __call__(self, job: BatchJob, job_hash: str, process: ProcessInfo) -> dict:
+        self._setup()
+        label = self.labels[job.index]
+        (pair,) = job.config("toy").concepts
+        config = job.config("toy")
+        measure = self.probe_ua(pair)
+        curve: list[tuple[int, float, float]] = []  # (step, seconds on the clock, UA)
+        probe_seconds = [0.0]
+        began = time.perf_counter()
+
+        def probe(step: int, adapter) -> None:
+            t0 = time.perf_counter()
+            curve.append((step, round(t0 - began - probe_seconds[0], 2), measure(adapter)))
+            probe_seconds[0] += time.perf_counter() - t0
+
+        meta = {JOB_HASH_KEY: job_hash}
+        if job.method == "spare":
+            result = erase(self.backend, config, probe=probe, probe_every=PROBE_EVERY)
+            lora_from_adapter(result.adapter, self.backend, config, meta).write(job.output)
+            edit, trainable = result.adapter, result.adapter.num_trainable()
+        else:
+            overrides = {"lr": job.settings["lr"]} if "lr" in job.settings else {}
+            result = run_baseline(self.backend, job.method, config, probe=probe, probe_every=PROBE_EVERY, **overrides)
+            result.save(job.output, self.backend, metadata=meta)
+            edit, trainable = result.edit, result.num_trainable()
+            if not result.method.trained:
+                t0 = time.perf_counter()
+                curve.append((0, round(t0 - began - probe_seconds[0], 2), measure(edit)))
+                probe_seconds[0] += time.perf_counter() - t0
+        seconds = time.perf_counter() - began - probe_seconds[0]
+        first = next(((step, sec) for step, sec, ua in curve if ua >= UA_TARGET), None)
+        to_target = (
+            {"seconds": first[1], "step": first[0], "lower_bound": False}
+            if first
+            else {"seconds": round(seconds, 2), "step": None, "lower_bound": True}
+        )
+        report = evaluate_edit(
+            self.backend, [pair], edit, classifiers=self.classifiers, seeds=self.seeds, templates=self.templates,
+            base=self.base,
+        ).as_dict(outcomes=True)  # fmt: skip
+        return {
+            "label": label,
+            "seconds": round(seconds, 2),
+            "seconds_to_ua99": to_target,
+            "ua_curve": curve,
+            "trainable_parameters": trainable,
+            "file_bytes": job.output.stat().st_size,
+            "peak_memory_bytes": None,  # CPU: the process's peak is not one erasure's; bench/gpu.py measures GPUs
+            "report": report,
+        }
+
+
+# --------------------------------------------------------------------------- running
+
+
+def build_jobs(rows: list[tuple[str, ConceptPair, float | None]], folder: Path) -> tuple[list[BatchJob], dict]:
+    entries, labels = [], {}
+    for i, (label, pair, lr) in enumerate(rows):
+        method, settings = method_of(label)
+        if lr is not None:
+            settings["lr"] = lr
+        lr_tag = f"_lr{lr:g}" if lr is not None else ""
+        suffix = ".safetensors" if method == "spare" or BASELINES[method].parametrisation == "lora" else (
+            ".delta.safetensors")  # fmt: skip
+        entries.append({
+            "concept": pair.concept, "surrogate": pair.surrogate, "settings": settings, "method": method,
+            "output": f"{label}_{pair.concept}{lr_tag}{suffix}",
+        })  # fmt: skip
+        labels[i] = label
+    return parse_jobs(entries, folder, known_methods=("spare", *BASELINES)), labels
+
+
+def run_rows(rows, folder: Path, seeds, templates) -> list[dict]:
+    jobs, labels = build_jobs(rows, folder)
+    report = run_batch(jobs, ComparisonWorker(labels, seeds, templates), folder / "results")
+    failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {failed[0].get('error')}")
+    return report.jobs
+
+
+def sweep(labels: list[str], work: Path) -> dict[str, dict]:
+    """Each trained method's learning rate, chosen on the tuning concept."""
+    rows = [(label, TUNING, default_lr(label) * f) for label in labels if is_trained(label) for f in LR_FACTORS]
+    records = run_rows(rows, work / "sweep", SWEEP_SEEDS, ("evaluation",))
+    chosen: dict[str, dict] = {}
+    for label in labels:
+        tried = []
+        for record in records:
+            if record["label"] != label:
+                continue
+            pooled = record["report"]["templates"]["evaluation"]["pooled"]
+            ua, ira, cra = (pooled[m]["value"] for m in ("ua", "ira", "cra"))
+            tried.append({"lr": record["settings"]["lr"], "ua": ua, "ira": ira, "cra": cra})
+        if not tried:
+            continue
+        best = max(tried, key=lambda r: (r["ua"] >= UA_TARGET, min(r["ira"], r["cra"]) if r["ua"] >= UA_TARGET
+                                             else r["ua"]))  # fmt: skip
+        chosen[label] = {"lr": best["lr"], "tried": tried}
+        print(f"sweep {label:>28}: lr {best['lr']:g} of {[r['lr'] for r in tried]}", flush=True)
+    return chosen
+
+
+def summarise(records: list[dict], labels: list[str]) -> dict:
+    methods: dict[str, dict] = {}
+    by_label = {label: [r for r in records if r["label"] == label] for label in labels}
+    spare = sorted(by_label.get("spare", []), key=lambda r: r["concept"])
+    for label, rows in by_label.items():
+        if not rows:
+            continue
+        rows = sorted(rows, key=lambda r: r["concept"])
+        entry: dict = {"concepts": [r["concept"][0] for r in rows], "templates": {}}
+        for template in rows[0]["report"]["templates"]:
+            counts = [_counts(r, template, "after") for r in rows]
+            base = [_counts(r, template, "base") for r in rows]
+            entry["templates"][template] = {
+                **metric_table(counts),
+                "base": metric_table(base),
+                "min_ira_cra": _min_of(metric_table(counts)),
+                "retain_pixel_change": _mean(
+                    [r["report"]["templates"][template]["retain_fidelity"]["pixel_distance"]["value"] for r in rows]
+                ),  # fmt: skip
+                "retain_feature_change": _mean(
+                    [r["report"]["templates"][template]["retain_fidelity"]["feature_distance"]["value"] for r in rows]
+                ),  # fmt: skip
+                "per_concept": {
+                    r["concept"][0]: {
+                        m: r["report"]["templates"][template]["per_concept"][r["concept"][0]][m] for m in METRICS
+                    }  # fmt: skip
+                    for r in rows
+                },
+            }
+            if label != "spare" and len(spare) == len(rows):
+                entry["templates"][template]["versus_spare"] = {
+                    m: paired_bootstrap(_outcomes(rows, template, m), _outcomes(spare, template, m))
+                    for m in ("ua", "ira", "cra")
+                }
+        secs = [r["seconds"] for r in rows]
+        to99 = [r["seconds_to_ua99"] for r in rows]
+        entry.update(
+            seconds_median=round(statistics.median(secs), 2),
+            seconds_range=[min(secs), max(secs)],
+            seconds_to_ua99_median=round(statistics.median(t["seconds"] for t in to99), 2),
+            ua99_never_reached=sum(t["lower_bound"] for t in to99),
+            trainable_parameters=int(statistics.median(r["trainable_parameters"] for r in rows)),
+            file_bytes=int(statistics.median(r["file_bytes"] for r in rows)),
+            peak_memory_bytes=None,
+            lr=rows[0]["settings"].get("lr"),
+        )
+        methods[label] = entry
+    return methods
+
+
+def _counts(record: dict, template: str, which: str) -> dict:
+    concept = record["concept"][0]
+    entry = record["report"]["templates"][template]["per_concept"][concept]
+    source = entry["base"] if which == "base" else entry
+    return {m: (source[m]["k"], source[m]["n"]) for m in METRICS if source.get(m)}
+
+
+def _outcomes(rows: list[dict], template: str, metric: str) -> list[int]:
+    out: list[int] = []
+    for r in rows:
+        out += r["report"]["templates"][template]["outcomes"][r["concept"][0]][metric]
+    return out
+
+
+def _min_of(table: dict) -> dict:
+    return min((table["ira"], table["cra"]), key=lambda e: e["value"])
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        "| method | UA | IRA (base) | CRA (base) | surrogate | held-out UA / IRA | retained pixel change "
+        "| median s | s to UA 0.99 | trainable | file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, m in results["methods"].items():
+        ev = m["templates"]["evaluation"]
+        held = m["templates"].get("held_out")
+
+        def cell(e):
+            return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+
+        held_text = f"{held['ua']['value']:.3f} / {held['ira']['value']:.3f}" if held else "–"
+        never = f" ({m['ua99_never_reached']} never: lower bound)" if m["ua99_never_reached"] else ""
+        lines.append(
+            f"| {label} | {cell(ev['ua'])} | {cell(ev['ira'])} ({ev['base']['ira']['value']:.3f}) | "
+            f"{cell(ev['cra'])} ({ev['base']['cra']['value']:.3f}) | {ev['surrogate_rate']['value']:.3f} | "
+            f"{held_text} | {ev['retain_pixel_change']:.4f} | {m['seconds_median']:.1f} | "
+            f"{m['seconds_to_ua99_median']:.1f}{never} | {m['trainable_parameters']:,} | "
+            f"{m['file_bytes'] / 1024:.0f} KiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def tradeoff_points(results: dict) -> dict[str, list[tuple[float, float]]]:
+    """(min(IRA, CRA), UA) per method and concept, evaluation template."""
+    points = {}
+    for label, m in results["methods"].items():
+        per = m["templates"]["evaluation"]["per_concept"]
+        points[label] = [(min(v["ira"]["value"], v["cra"]["value"]), v["ua"]["value"]) for v in per.values()]
+    return points
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2 concepts, SPARE and the four published baselines, no sweep")
+    p.add_argument("--labels", nargs="+", help="methods to run (default: every method and ablation)")
+    p.add_argument("--work", type=Path, default=ROOT / "outputs" / "comparison", help="folder for the jobs' files")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "comparison.json")
+    p.add_argument("--table", type=Path, help="print the table of a results file and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        results = json.loads(args.table.read_text())
+        print(markdown_table(results))
+        return results
+    torch.set_num_threads(2)
+    labels = args.labels or (list(QUICK_LABELS) if args.quick else ["spare", *BASELINE_ORDER, *ABLATIONS])
+    concepts = all_concepts()
+    if args.quick:
+        concepts = [c for c in concepts if c.concept in ("red", "circle")]
+    began = time.perf_counter()
+    chosen = {} if args.quick else sweep(labels, args.work)
+    rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in labels for pair in concepts]
+    records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES))
+    results = {
+        "protocol": {
+            "concepts": [c.concept for c in concepts],
+            "tuning_concept": TUNING.concept,
+            "eval_seeds": list(EVAL_SEEDS),
+            "probe_every": PROBE_EVERY,
+            "probe_seeds": list(PROBE_SEEDS),
+            "lr_factors": list(LR_FACTORS) if chosen else None,
+            "quick": args.quick,
+        },  # fmt: skip
+        "learning_rates": chosen,
+        "methods": summarise(records, labels),
+        "hours": round((time.perf_counter() - began) / 3600, 2),
+    }
+    write_json(args.out, results)
+    write_text(args.out.with_suffix(".md"), markdown_table(results))
+    plot_tradeoff(tradeoff_points(results), args.out.with_suffix(".png"))
+    print(markdown_table(results))
+    print(f"wrote {args.out} ({results['hours']} h)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
