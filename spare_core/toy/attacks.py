@@ -1,0 +1,165 @@
+"""Attacks on an erasure in the toy world: does a learned word bring the erased concept back?
+
+Concept inversion (after Pham et al. 2024, "Circumventing Concept Erasure
+Methods For Text-to-Image Generative Models", ICLR, which recovers concepts
+erased by ESD, UCE and others with textual inversion; Gal et al. 2023, "An
+Image is Worth One Word"): with the erased model frozen, learn one token
+embedding ``v`` so that prompts carrying it reconstruct a few images of the
+concept that the *base* model drew,
+
+    v* = argmin_v  E || eps_{theta+D}(x_t, t, c(v)) - eps ||^2 ,
+
+then draw the concept's prompts with ``v`` in the concept word's place and
+count how often the toy classifier sees the concept (the attack's success).
+Run on the base model, the same budget gives the ceiling.
+
+The budget is pinned (:data:`INVERSION_BUDGET`) and the same for every method.
+The placeholder is a word the tokenizer does not know (it becomes the unknown
+token), whose embedding a forward hook on the text encoder's token
+embedding replaces with ``v``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..backend import Conditioning
+from ..stats import proportion
+from .erasure_eval import GRID_STYLES, domain_of
+from .evaluate import generate_triples
+from .text import UNK_ID
+from .world import EVAL_TEMPLATE, OBJECTS, STYLES
+
+#: A word outside the toy vocabulary: it tokenizes to the unknown token, whose embedding the attack replaces.
+PLACEHOLDER = "zqxv"
+
+
+@dataclass(frozen=True)
+class InversionBudget:
+    """What the attacker may spend; the same for every method attacked."""
+
+    images: int = 12  # base-model images of the concept
+    steps: int = 150  # optimisation steps of v
+    lr: float = 0.05
+    batch_size: int = 8
+    seed: int = 0
+    image_seeds: tuple[int, ...] = tuple(range(700, 702))
+    attack_seeds: tuple[int, ...] = tuple(range(800, 806))  # generations: the concept's 6 prompts x these seeds
+
+
+INVERSION_BUDGET = InversionBudget()
+
+
+@contextmanager
+def placeholder_embedding(text_encoder: nn.Module, vector: torch.Tensor) -> Iterator[None]:
+    """While active, the unknown token's embedding is ``vector`` (differentiably)."""
+    embedding = text_encoder.get_input_embeddings()
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        ids = inputs[0]
+        mask = (ids == UNK_ID).unsqueeze(-1)
+        return torch.where(mask, vector.to(output.dtype).expand_as(output), output)
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _encode(backend, prompts: list[str]) -> Conditioning:
+    """The prompts' text states with gradients (the backend's own encoding runs without them)."""
+    tok, text_encoder = backend.pipe.tokenizer, backend.pipe.text_encoder
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    return Conditioning(text_encoder(ids.input_ids.to(text_encoder.device))[0].to(backend.dtype))
+
+
+def _prompts(concept: str, word: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The concept's evaluation prompts with ``word`` as its name, and the (object, style) each shows."""
+    if domain_of(concept) == "style":
+        pairs = [(o, concept) for o in OBJECTS]
+        return [EVAL_TEMPLATE.format(object=o, style=word) for o, _ in pairs], pairs
+    pairs = [(concept, s) for s in GRID_STYLES]
+    return [EVAL_TEMPLATE.format(object=word, style=s) for _, s in pairs], pairs
+
+
+def learn_embedding(backend, concept: str, edit=None, budget: InversionBudget = INVERSION_BUDGET) -> torch.Tensor:
+    """``v``: one token embedding that makes the (erased) model reconstruct base-model images of ``concept``.
+
+    The base model (``edit`` detached) draws ``budget.images`` images of the
+    concept's prompts; then only ``v`` is trained, with the edit applied.
+    """
+    text_encoder = backend.pipe.text_encoder
+    word_prompts, _ = _prompts(concept, concept)
+    chosen = [word_prompts[i % len(word_prompts)] for i in range(budget.images)]
+    seeds = [budget.image_seeds[i % len(budget.image_seeds)] * 100 + i for i in range(budget.images)]
+    with torch.no_grad():
+        latents = backend.encode_images(backend.sample(chosen, seeds, 20, 5.0)).float()
+    attack_prompts, _ = _prompts(concept, PLACEHOLDER)
+    prompt_of_image = [i % len(attack_prompts) for i in range(budget.images)]
+    start = text_encoder.get_input_embeddings().weight[UNK_ID].detach().float().clone()
+    vector = nn.Parameter(start)
+    optimizer = torch.optim.Adam([vector], lr=budget.lr)
+    gen = torch.Generator().manual_seed(budget.seed)
+    weights = [*backend.denoiser().parameters(), *text_encoder.parameters()]
+    weights += list(edit.parameters()) if isinstance(edit, nn.Module) else []
+    frozen = [p for p in weights if p.requires_grad]  # only v learns; the erased model stays as it is
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(False), edit.applied() if edit is not None else nullcontext():
+            for _ in range(budget.steps):
+                index = torch.randint(len(latents), (budget.batch_size,), generator=gen)
+                x0 = latents[index].to(backend.device, backend.dtype)
+                noise = torch.randn(x0.shape, generator=gen).to(x0)
+                t = torch.randint(0, backend.num_train_timesteps, (budget.batch_size,), generator=gen)
+                with placeholder_embedding(text_encoder, vector):
+                    cond = _encode(backend, [attack_prompts[prompt_of_image[int(i)]] for i in index])
+                t = t.to(backend.device)
+                eps = backend.predict_noise(backend.add_noise(x0, noise, t), t, cond)
+                loss = (eps.float() - noise.float()).pow(2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return vector.detach()
+
+
+def attack_success(
+    backend, classifiers, concept: str, vector: torch.Tensor, edit=None, budget: InversionBudget = INVERSION_BUDGET
+) -> dict:
+    """How often prompts carrying ``vector`` make the (erased) model draw ``concept``, as a proportion."""
+    attack_prompts, shows = _prompts(concept, PLACEHOLDER)
+    triples = [(seed, o, s) for (o, s) in shows for seed in budget.attack_seeds]
+    names = {concept: PLACEHOLDER}
+    with placeholder_embedding(backend.pipe.text_encoder, vector), torch.no_grad():
+        with edit.applied() if edit is not None else nullcontext():
+            grid = generate_triples(backend, *classifiers, triples, EVAL_TEMPLATE, names=names)
+    if domain_of(concept) == "style":
+        hits = grid.style_pred == STYLES.index(concept)
+    else:
+        hits = grid.object_pred == OBJECTS.index(concept)
+    return proportion(int(hits.sum()), len(hits))
+
+
+def concept_inversion(
+    backend, classifiers, concept: str, edit=None, budget: InversionBudget = INVERSION_BUDGET
+) -> dict:
+    """The attack end to end: learn ``v`` against the (erased) model, then measure its success."""
+    vector = learn_embedding(backend, concept, edit, budget)
+    return attack_success(backend, classifiers, concept, vector, edit, budget)
+
+
+def attack_table(backend, classifiers, concept: str, edits: Sequence[tuple[str, object]], budget=INVERSION_BUDGET):
+    """Success of the attack on the base model (the ceiling) and on each named edit."""
+    table = {"base": concept_inversion(backend, classifiers, concept, None, budget)}
+    for name, edit in edits:
+        table[name] = concept_inversion(backend, classifiers, concept, edit, budget)
+    return table

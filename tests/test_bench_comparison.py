@@ -1,0 +1,88 @@
+"""The comparison benchmark's arithmetic: pooled counts, the paired comparison with SPARE, the table and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from spare_core import ConceptPair
+from spare_core.toy.harness import EvalReport, TemplateResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_comparison", ROOT / "bench" / "comparison.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(label: str, concept: str, ua_hits: list[int], ira_hits: list[int], seconds: float, reached: bool):
+    """A job record as the benchmark's worker returns it, with chosen outcomes."""
+    outcomes = {
+        "ua": torch.tensor(ua_hits, dtype=torch.bool),
+        "ira": torch.tensor(ira_hits, dtype=torch.bool),
+        "cra": torch.ones(10, dtype=torch.bool),
+        "surrogate_rate": torch.tensor(ua_hits, dtype=torch.bool),
+        "other_attribute": torch.ones(len(ua_hits), dtype=torch.bool),
+    }
+    base = {**outcomes, "ua": torch.zeros(len(ua_hits), dtype=torch.bool), "ira": torch.ones(len(ira_hits)).bool()}
+    fidelity = {"pixel_distance": {"value": 0.01}, "feature_distance": {"value": 0.02}}
+    matrix = {"circle": {"red": (1, 1)}}
+    report = EvalReport([ConceptPair(concept, "plain")], [0])
+    report.templates["evaluation"] = TemplateResult([outcomes], [base], fidelity, matrix, matrix)
+    return {
+        "label": label,
+        "concept": [concept],
+        "settings": {},
+        "seconds": seconds,
+        "seconds_to_ua99": {"seconds": seconds / 2 if reached else seconds, "lower_bound": not reached},
+        "trainable_parameters": 100,
+        "file_bytes": 2048,
+        "report": report.as_dict(outcomes=True),
+    }
+
+
+def test_methods_are_pooled_over_concepts_and_compared_with_spare_generation_by_generation():
+    bench = _bench()
+    records = [
+        _record("spare", "red", [1] * 10, [1] * 9 + [0], 20.0, True),
+        _record("spare", "blue", [1] * 10, [1] * 10, 24.0, True),
+        _record("esd_x", "red", [1] * 5 + [0] * 5, [1] * 5 + [0] * 5, 300.0, False),
+        _record("esd_x", "blue", [1] * 10, [1] * 8 + [0] * 2, 320.0, True),
+    ]
+    results = {"methods": bench.summarise(records, ["spare", "esd_x"])}
+    spare, esd = results["methods"]["spare"], results["methods"]["esd_x"]
+    ev = spare["templates"]["evaluation"]
+    assert (ev["ua"]["k"], ev["ua"]["n"]) == (20, 20)
+    assert (ev["ira"]["k"], ev["ira"]["n"]) == (19, 20)
+    assert ev["base"]["ua"]["value"] == 0.0
+    assert ev["min_ira_cra"] == ev["ira"]  # CRA is 1.0 everywhere
+    assert spare["seconds_median"] == 22.0 and esd["ua99_never_reached"] == 1
+    assert esd["seconds_to_ua99_median"] == (300.0 + 160.0) / 2
+    versus = esd["templates"]["evaluation"]["versus_spare"]
+    assert versus["ua"]["difference"] == -0.25  # esd_x 15/20 against SPARE's 20/20, on the same units
+    assert versus["ua"]["n"] == 20 and versus["ua"]["significant"]
+    assert "versus_spare" not in ev
+
+    table = bench.markdown_table(results)
+    assert table.count("\n") == 4  # header, rule, two methods
+    assert "| esd_x | 0.750" in table and "(1 never: lower bound)" in table
+    points = bench.tradeoff_points(results)
+    assert sorted(points["esd_x"]) == [(0.5, 0.5), (0.8, 1.0)]
+
+
+def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
+    bench = _bench()
+    rows = [(label, ConceptPair("red", "plain"), 1e-3) for label in ["spare", *bench.BASELINE_ORDER, *bench.ABLATIONS]]
+    jobs, labels = bench.build_jobs(rows, tmp_path)
+    assert len(jobs) == len(rows) and set(labels.values()) == {r[0] for r in rows}
+    by_label = {labels[j.index]: j for j in jobs}
+    assert by_label["esd_x"].method == "esd_x" and by_label["esd_x"].output.name.endswith(".delta.safetensors")
+    assert by_label["leco"].output.name.endswith(".safetensors") and ".delta" not in by_label["leco"].output.name
+    assert by_label["spare_eta0"].method == "spare" and by_label["spare_eta0"].settings["eta"] == 0.0
+    assert all(j.settings["lr"] == 1e-3 for j in jobs)
+    assert len({j.settings_hash("toy") for j in jobs}) == len(jobs)
