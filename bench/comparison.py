@@ -224,8 +224,8 @@ def run_rows(rows, folder: Path, seeds, templates) -> list[dict]:
     return report.jobs
 
 
-def sweep(labels: list[str], work: Path) -> dict[str, dict]:
-    """Each trained method's learning rate, chosen on the tuning concept."""
+def sweep(labels: list[str], work: Path) -> tuple[dict[str, dict], list[dict]]:
+    """Each trained method's learning rate, chosen on the tuning concept, and the sweep's job records."""
     rows = [(label, TUNING, default_lr(label) * f) for label in labels if is_trained(label) for f in LR_FACTORS]
     records = run_rows(rows, work / "sweep", SWEEP_SEEDS, ("evaluation",))
     chosen: dict[str, dict] = {}
@@ -243,7 +243,7 @@ def sweep(labels: list[str], work: Path) -> dict[str, dict]:
                                              else r["ua"]))  # fmt: skip
         chosen[label] = {"lr": best["lr"], "tried": tried}
         print(f"sweep {label:>28}: lr {best['lr']:g} of {[r['lr'] for r in tried]}", flush=True)
-    return chosen
+    return chosen, records
 
 
 def summarise(records: list[dict], labels: list[str]) -> dict:
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         concepts = [c for c in concepts if c.concept in ("red", "circle")]
     began = time.perf_counter()
-    chosen = {} if args.quick else sweep(labels, args.work)
+    chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work)
     rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in labels for pair in concepts]
     records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES))
     results = {
@@ -385,7 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
         },  # fmt: skip
         "learning_rates": chosen,
         "methods": summarise(records, labels),
-        "hours": round((time.perf_counter() - began) / 3600, 2),
+        # Every job's own wall time (erase, probes and evaluation), so that a resumed run reports the whole cost.
+        "hours": round(sum(r.get("job_seconds", 0.0) for r in records + sweep_records) / 3600, 2),
+        "this_invocation_hours": round((time.perf_counter() - began) / 3600, 2),
     }
     write_json(args.out, results)
     write_text(args.out.with_suffix(".md"), markdown_table(results))

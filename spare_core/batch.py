@@ -326,8 +326,11 @@ class BatchReport:
         return {"counts": self.counts(), "jobs": self.jobs}
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived (a launcher stops every process when one of them died)."""
+class _Terminated(BaseException):
+    """SIGTERM arrived (a launcher stops every process when one of them died).
+
+    A BaseException, so that the per-job ``except Exception`` does not take it for a job's failure.
+    """
 
 
 def run_batch(
@@ -372,7 +375,12 @@ def run_batch(
         return _gather(jobs, hashes, results, claims, poll_seconds, wait=True)
     except _Terminated:
         logger.warning("stopped by SIGTERM: writing what is finished to %s", results / "batch.json")
-        return _gather(jobs, hashes, results, claims, poll_seconds, wait=False)
+        report = _gather(jobs, hashes, results, claims, poll_seconds, wait=False)
+        for job in jobs:  # the job under way is left to the next run, at once
+            holder = claims.holder(job)
+            if holder is not None and holder.get("pid") == claims.pid and holder.get("host") == claims.host:
+                claims.release(job)
+        return report
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -404,7 +412,7 @@ def _run_one(
     except Exception as exc:  # a failing job is reported; the others go on
         logger.warning("job %d (%s) failed: %s", job.index + 1, job.output.name, describe_error(exc))
         outcome = {"status": "failed", "error": describe_error(exc)}
-    write_json(_record_path(results, job), {**base, **outcome, "seconds": round(time.time() - began, 2)})
+    write_json(_record_path(results, job), {**base, **outcome, "job_seconds": round(time.time() - began, 2)})
     if outcome["status"] == "done":
         claims.release(job)
         return True

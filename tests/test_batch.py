@@ -268,3 +268,25 @@ def test_accelerate_launch_cpu_runs_every_job_in_its_one_process(tmp_path):
     report = json.loads((tmp_path / "jobs_results" / "batch.json").read_text())
     assert report["counts"] == {"done": 1}
     assert report["jobs"][0]["trainable_parameters"] > 0 and report["jobs"][0]["file_bytes"] > 0
+
+
+def test_sigterm_stops_the_batch_and_is_not_taken_for_a_failing_job(tmp_path):
+    jobs = parse_jobs([_job(), _job("blue", "blue.safetensors"), _job("star", "star.safetensors")], tmp_path)
+    calls: list[str] = []
+    fake = _fake_worker(calls)
+
+    def stopped_at_blue(job, job_hash, process):
+        if job.concepts[0] == "blue":
+            os.kill(os.getpid(), signal.SIGTERM)  # what a launcher sends when another process died
+            time.sleep(5)
+        return fake(job, job_hash, process)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    report = run_batch(jobs, stopped_at_blue, tmp_path / "results")
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # restored
+    assert [j["status"] for j in report.jobs] == ["done", "interrupted", "not run"]
+    assert calls == ["red"]
+    assert not list((tmp_path / "results" / "claims").iterdir())  # the interrupted job is free for the next run
+    assert json.loads((tmp_path / "results" / "batch.json").read_text())["counts"] == {
+        "done": 1, "interrupted": 1, "not run": 1,
+    }  # fmt: skip
