@@ -86,3 +86,16 @@ def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
     assert by_label["spare_eta0"].method == "spare" and by_label["spare_eta0"].settings["eta"] == 0.0
     assert all(j.settings["lr"] == 1e-3 for j in jobs)
     assert len({j.settings_hash("toy") for j in jobs}) == len(jobs)
+
+
+def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
+    bench = _bench()
+    tried = [
+        {"lr": 1e-5, "ua": 0.2, "ira": 1.0, "cra": 1.0},
+        {"lr": 1e-4, "ua": 1.0, "ira": 0.90, "cra": 1.0},
+        {"lr": 1e-3, "ua": 0.995, "ira": 0.97, "cra": 0.99},
+        {"lr": 1e-2, "failed": True},
+    ]
+    assert bench.choose_lr(tried)["lr"] == 1e-3  # erases, and keeps the most
+    assert bench.choose_lr([tried[0], tried[3]])["lr"] == 1e-5  # nothing erases: the highest UA
+    assert bench.choose_lr([tried[3]]) is None
