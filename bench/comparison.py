@@ -60,7 +60,7 @@ from spare_core import (
     write_json,
     write_text,
 )
-from spare_core.toy.erasure_eval import GRID_STYLES, METRICS
+from spare_core.toy.erasure_eval import METRICS, concept_readings, concept_triples
 from spare_core.toy.evaluate import generate_triples
 from spare_core.toy.harness import TEMPLATES, metric_table, plot_tradeoff
 from spare_core.toy.pipeline import load_toy_classifiers
@@ -132,16 +132,12 @@ class ComparisonWorker:
 
     def probe_ua(self, pair: ConceptPair) -> callable:
         """UA on the concept's grid prompts x the probe seeds, with the adapter applied."""
-        if pair.concept in STYLES:
-            triples = [(s, o, pair.concept) for o in OBJECTS for s in PROBE_SEEDS]
-        else:
-            triples = [(s, pair.concept, st) for st in GRID_STYLES for s in PROBE_SEEDS]
+        triples = concept_triples(pair.concept, PROBE_SEEDS)
 
         def ua(adapter) -> float:
             with adapter.applied():
                 grid = generate_triples(self.backend, *self.classifiers, triples, EVAL_TEMPLATE)
-            labels, pred = (grid.style_labels, grid.style_pred) if pair.concept in STYLES else (
-                grid.object_labels, grid.object_pred)  # fmt: skip
+            labels, pred = concept_readings(grid, pair.concept)
             return float((pred != labels).float().mean())
 
         return ua

@@ -179,7 +179,7 @@ def prepare_sets(
     config.validate()
     configure_backend(backend, config)
     monitor = Monitor(on_event, cancel)
-    prompts = build_prompt_set(config, _domain_of(backend, domain))
+    prompts = build_prompt_set(config, domain_for(backend, domain))
     own = _users_images(backend, config, forget_images)
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
     plan = [("forget", prompts.forget, config.images_per_prompt)]
@@ -213,7 +213,7 @@ def _users_images(
     return own
 
 
-def _domain_of(backend: DiffusionBackend, domain: Domain | None) -> Domain:
+def domain_for(backend: DiffusionBackend, domain: Domain | None) -> Domain:
     """The domain given, else the one the model brings, else the generic one."""
     return domain or backend.domain or GenericDomain()
 
@@ -541,7 +541,7 @@ def erase(
     if saliency is not None:
         check_saliency(saliency, config)
     if profile is not None:  # checked on the prompts, before any image is drawn
-        check_profile(profile, sets.prompts if sets else build_prompt_set(config, _domain_of(backend, domain)))
+        check_profile(profile, sets.prompts if sets else build_prompt_set(config, domain_for(backend, domain)))
     if sets is None:
         sets = timed(
             "data",

@@ -38,7 +38,7 @@ from ..adapter import SparseLoRA
 from ..backend import DiffusionBackend, adaptable_modules
 from ..config import ErasureConfig
 from ..domain import Domain
-from ..erasure import ErasureSets, configure_backend, prepare_sets
+from ..erasure import ErasureSets, configure_backend, domain_for, prepare_sets
 from ..events import CancelToken, EventCallback, Monitor
 from ..lora import lora_from_adapter
 from ..prompts import build_prompt_set
@@ -187,7 +187,7 @@ def run_baseline(
     configure_backend(backend, config)
     lr = method.lr if lr is None else lr
     steps = method.steps if steps is None else steps
-    prompts = sets.prompts if sets is not None else build_prompt_set(config, domain or backend.domain or _generic())
+    prompts = sets.prompts if sets is not None else build_prompt_set(config, domain_for(backend, domain))
     if method.x_t == "noised" and method.trained and sets is None:
         sets = prepare_sets(backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel)
     start = time.perf_counter()
@@ -269,9 +269,3 @@ def run_baseline(
     history = trainer.run(Monitor(on_event, cancel), probe=timed_probe if probe else None, probe_every=probe_every)
     seconds = time.perf_counter() - start - probe_seconds[0]
     return BaselineResult(method, train_config, edit, history, round(seconds, 2), lr, steps)
-
-
-def _generic() -> Domain:
-    from ..domain import GenericDomain
-
-    return GenericDomain()

@@ -30,10 +30,10 @@ from torch import nn
 
 from ..backend import Conditioning
 from ..stats import proportion
-from .erasure_eval import GRID_STYLES, domain_of
+from .erasure_eval import concept_prompts, concept_readings, concept_triples
 from .evaluate import generate_triples
 from .text import UNK_ID
-from .world import EVAL_TEMPLATE, OBJECTS, STYLES
+from .world import EVAL_TEMPLATE
 
 #: A word outside the toy vocabulary: it tokenizes to the unknown token, whose embedding the attack replaces.
 PLACEHOLDER = "zqxv"
@@ -79,29 +79,38 @@ def _encode(backend, prompts: list[str]) -> Conditioning:
     return Conditioning(text_encoder(ids.input_ids.to(text_encoder.device))[0].to(backend.dtype))
 
 
-def _prompts(concept: str, word: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """The concept's evaluation prompts with ``word`` as its name, and the (object, style) each shows."""
-    if domain_of(concept) == "style":
-        pairs = [(o, concept) for o in OBJECTS]
-        return [EVAL_TEMPLATE.format(object=o, style=word) for o, _ in pairs], pairs
-    pairs = [(concept, s) for s in GRID_STYLES]
-    return [EVAL_TEMPLATE.format(object=word, style=s) for _, s in pairs], pairs
-
-
-def learn_embedding(backend, concept: str, edit=None, budget: InversionBudget = INVERSION_BUDGET) -> torch.Tensor:
-    """``v``: one token embedding that makes the (erased) model reconstruct base-model images of ``concept``.
-
-    The base model (``edit`` detached) draws ``budget.images`` images of the
-    concept's prompts; then only ``v`` is trained, with the edit applied.
-    """
-    text_encoder = backend.pipe.text_encoder
-    word_prompts, _ = _prompts(concept, concept)
-    chosen = [word_prompts[i % len(word_prompts)] for i in range(budget.images)]
+def concept_images(backend, concept: str, budget: InversionBudget = INVERSION_BUDGET) -> torch.Tensor:
+    """Latents of ``budget.images`` images of ``concept`` drawn by the base model: the attacker's material."""
+    prompts = concept_prompts(concept)
+    shown = [prompts[i % len(prompts)] for i in range(budget.images)]
+    texts = [EVAL_TEMPLATE.format(object=o, style=s) for o, s in shown]
     seeds = [budget.image_seeds[i % len(budget.image_seeds)] * 100 + i for i in range(budget.images)]
     with torch.no_grad():
-        latents = backend.encode_images(backend.sample(chosen, seeds, 20, 5.0)).float()
-    attack_prompts, _ = _prompts(concept, PLACEHOLDER)
-    prompt_of_image = [i % len(attack_prompts) for i in range(budget.images)]
+        return backend.encode_images(backend.sample(texts, seeds, 20, 5.0)).float()
+
+
+def _attack_prompts(concept: str) -> list[str]:
+    """The concept's prompts (:func:`concept_prompts` order) with the placeholder as its name."""
+    names = {concept: PLACEHOLDER}
+    return [EVAL_TEMPLATE.format(object=names.get(o, o), style=names.get(s, s)) for o, s in concept_prompts(concept)]
+
+
+def learn_embedding(
+    backend,
+    concept: str,
+    edit=None,
+    budget: InversionBudget = INVERSION_BUDGET,
+    images: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``v``: one token embedding that makes the (erased) model reconstruct base-model images of ``concept``.
+
+    ``images`` are :func:`concept_images` (drawn here if not given); only ``v``
+    is trained, with the edit applied.
+    """
+    text_encoder = backend.pipe.text_encoder
+    latents = concept_images(backend, concept, budget) if images is None else images
+    attack_prompts = _attack_prompts(concept)
+    prompt_of_image = [i % len(attack_prompts) for i in range(len(latents))]
     start = text_encoder.get_input_embeddings().weight[UNK_ID].detach().float().clone()
     vector = nn.Parameter(start)
     optimizer = torch.optim.Adam([vector], lr=budget.lr)
@@ -136,30 +145,32 @@ def attack_success(
     backend, classifiers, concept: str, vector: torch.Tensor, edit=None, budget: InversionBudget = INVERSION_BUDGET
 ) -> dict:
     """How often prompts carrying ``vector`` make the (erased) model draw ``concept``, as a proportion."""
-    attack_prompts, shows = _prompts(concept, PLACEHOLDER)
-    triples = [(seed, o, s) for (o, s) in shows for seed in budget.attack_seeds]
-    names = {concept: PLACEHOLDER}
+    triples = concept_triples(concept, budget.attack_seeds)
     with placeholder_embedding(backend.pipe.text_encoder, vector), torch.no_grad():
         with edit.applied() if edit is not None else nullcontext():
-            grid = generate_triples(backend, *classifiers, triples, EVAL_TEMPLATE, names=names)
-    if domain_of(concept) == "style":
-        hits = grid.style_pred == STYLES.index(concept)
-    else:
-        hits = grid.object_pred == OBJECTS.index(concept)
+            grid = generate_triples(backend, *classifiers, triples, EVAL_TEMPLATE, names={concept: PLACEHOLDER})
+    labels, pred = concept_readings(grid, concept)
+    hits = pred == labels
     return proportion(int(hits.sum()), len(hits))
 
 
 def concept_inversion(
-    backend, classifiers, concept: str, edit=None, budget: InversionBudget = INVERSION_BUDGET
+    backend,
+    classifiers,
+    concept: str,
+    edit=None,
+    budget: InversionBudget = INVERSION_BUDGET,
+    images: torch.Tensor | None = None,
 ) -> dict:
     """The attack end to end: learn ``v`` against the (erased) model, then measure its success."""
-    vector = learn_embedding(backend, concept, edit, budget)
+    vector = learn_embedding(backend, concept, edit, budget, images)
     return attack_success(backend, classifiers, concept, vector, edit, budget)
 
 
 def attack_table(backend, classifiers, concept: str, edits: Sequence[tuple[str, object]], budget=INVERSION_BUDGET):
-    """Success of the attack on the base model (the ceiling) and on each named edit."""
-    table = {"base": concept_inversion(backend, classifiers, concept, None, budget)}
+    """Success of the attack on the base model (the ceiling) and on each named edit, from the same images."""
+    images = concept_images(backend, concept, budget)
+    table = {"base": concept_inversion(backend, classifiers, concept, None, budget, images)}
     for name, edit in edits:
-        table[name] = concept_inversion(backend, classifiers, concept, edit, budget)
+        table[name] = concept_inversion(backend, classifiers, concept, edit, budget, images)
     return table

@@ -53,6 +53,26 @@ def domain_of(concept: str) -> str:
     raise ValueError(f"{concept!r} is not a toy object or style")
 
 
+def concept_prompts(concept: str) -> list[tuple[str, str]]:
+    """The (object, style) of each grid prompt that shows ``concept``: a style on every object,
+    an object in every grid style."""
+    if domain_of(concept) == "style":
+        return [(o, concept) for o in OBJECTS]
+    return [(concept, st) for st in GRID_STYLES]
+
+
+def concept_triples(concept: str, seeds: Sequence[int]) -> list[tuple[int, str, str]]:
+    """``(seed, object, style)`` of every :func:`concept_prompts` prompt on every seed, prompt-major."""
+    return [(seed, o, st) for o, st in concept_prompts(concept) for seed in seeds]
+
+
+def concept_readings(grid: GridResult, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels, predictions)`` of the classifier of ``concept``'s domain on ``grid``."""
+    if domain_of(concept) == "style":
+        return grid.style_labels, grid.style_pred
+    return grid.object_labels, grid.object_pred
+
+
 def preview_prompts(concept: str) -> tuple[list[str], list[str]]:
     """Prompts for a before/after grid: three naming the concept, three retained ones (evaluation template)."""
     if domain_of(concept) == "style":
@@ -146,10 +166,12 @@ def erasure_outcomes(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[dic
 
 def erasure_counts(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[dict[str, tuple[int, int]]]:
     """For each erased concept, every metric of :data:`METRICS` as ``(k, n)`` on one evaluation grid."""
-    return [
-        {metric: (int(hits.sum()), int(hits.numel())) for metric, hits in row.items()}
-        for row in erasure_outcomes(grid, pairs)
-    ]
+    return [counts_of(row) for row in erasure_outcomes(grid, pairs)]
+
+
+def counts_of(outcomes: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """``(k, n)`` per metric of one concept's :func:`erasure_outcomes`."""
+    return {metric: (int(hits.sum()), int(hits.numel())) for metric, hits in outcomes.items()}
 
 
 def score(grid: GridResult, pairs: Sequence[ConceptPair]) -> list[ErasureScores]:
@@ -199,19 +221,11 @@ def alternative_name_accuracy(
     A style is drawn on every object, an object in every grid style, for every seed.
     Returns ``{name: {"k": correct, "n": generations, "accuracy": k / n}}``.
     """
-    domain = domain_of(concept)
-    partners = OBJECTS if domain == "style" else GRID_STYLES
-    if domain == "style":
-        triples = [(seed, o, concept) for o in partners for seed in seeds]
-    else:
-        triples = [(seed, concept, st) for st in partners for seed in seeds]
+    triples = concept_triples(concept, seeds)
     table = {}
     for name in ALTERNATIVE_NAMES.get(concept, ()):
         grid = generate_triples(backend, *classifiers, triples, template, steps, guidance_scale, names={concept: name})
-        if domain == "style":
-            labels, pred = grid.style_labels, grid.style_pred
-        else:
-            labels, pred = grid.object_labels, grid.object_pred
+        labels, pred = concept_readings(grid, concept)
         k, n = int((pred == labels).sum()), len(labels)
         table[name] = {"k": k, "n": n, "accuracy": k / n}
     return table

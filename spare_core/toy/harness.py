@@ -30,7 +30,7 @@ from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..stats import proportion
 from .classifier import ToyClassifier
-from .erasure_eval import GRID_STYLES, METRICS, domain_of, erasure_outcomes, evaluation_grid
+from .erasure_eval import GRID_STYLES, METRICS, counts_of, domain_of, erasure_outcomes, evaluation_grid
 from .evaluate import GridResult
 from .world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE, OBJECTS, STYLES
 
@@ -118,15 +118,11 @@ class TemplateResult:
 
     @property
     def counts(self) -> list[dict[str, tuple[int, int]]]:
-        return [_counts(row) for row in self.outcomes]
+        return [counts_of(row) for row in self.outcomes]
 
     @property
     def base_counts(self) -> list[dict[str, tuple[int, int]]]:
-        return [_counts(row) for row in self.base_outcomes]
-
-
-def _counts(row: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-    return {metric: (int(hits.sum()), int(hits.numel())) for metric, hits in row.items()}
+        return [counts_of(row) for row in self.base_outcomes]
 
 
 @dataclass
