@@ -18,8 +18,8 @@ Protocol (the same for every method):
   pooled over 11 concepts about 300), with 95 % Wilson intervals; retain
   fidelity on the same seeds.
 * UA along training: every 10 steps on a fixed sample (the concept's 6
-  prompts x 2 probe seeds), off the clock. "Seconds to UA 0.99" is the whole
-  erase's time (image sets, profile, saliency and training, as each method
+  prompts x 2 probe seeds), off the clock, until it first reads >= 0.99.
+  "Seconds to UA 0.99" is the whole erase's time (image sets, profile, saliency and training, as each method
   needs them) at the first probe that reads UA >= 0.99; a method that never
   gets there within its published steps reports its whole time as a lower bound.
 * Better/worse: a paired bootstrap of the difference to SPARE, generation by
@@ -51,6 +51,7 @@ from spare_core import (
     ProcessInfo,
     erase,
     evaluate_edit,
+    gather_batch,
     lora_from_adapter,
     open_model,
     paired_bootstrap,
@@ -87,6 +88,8 @@ ABLATIONS: dict[str, dict] = {
 }
 BASELINE_ORDER = ("esd_x", "esd_u", "esd_x_anchor", "esd_u_anchor", "esd_x_noised", "esd_u_noised", "leco", "uce")
 QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
+#: Every row label, in the table's order (also the order of the jobs in the work folder).
+ALL_LABELS = ("spare", *BASELINE_ORDER, *ABLATIONS)
 
 
 def all_concepts() -> list[ConceptPair]:
@@ -153,6 +156,8 @@ class ComparisonWorker:
         began = time.perf_counter()
 
         def probe(step: int, adapter) -> None:
+            if curve and curve[-1][2] >= UA_TARGET:  # only the first crossing is reported
+                return
             t0 = time.perf_counter()
             curve.append((step, round(t0 - began - probe_seconds[0], 2), measure(adapter)))
             probe_seconds[0] += time.perf_counter() - t0
@@ -197,7 +202,14 @@ class ComparisonWorker:
 # --------------------------------------------------------------------------- running
 
 
-def build_jobs(rows: list[tuple[str, ConceptPair, float | None]], folder: Path) -> tuple[list[BatchJob], dict]:
+def build_jobs(
+    rows: list[tuple[str, ConceptPair, float | None]], folder: Path, selected: set[str] | None = None
+) -> tuple[list[BatchJob], dict]:
+    """The batch jobs of ``rows`` whose label is in ``selected`` (default: all).
+
+    A job's index is its row's place in ``rows``, so that runs of different
+    subsets of the same table share one work folder and resume each other.
+    """
     entries, labels = [], {}
     for i, (label, pair, lr) in enumerate(rows):
         method, settings = method_of(label)
@@ -211,13 +223,21 @@ def build_jobs(rows: list[tuple[str, ConceptPair, float | None]], folder: Path) 
             "output": f"{label}_{pair.concept}{lr_tag}{suffix}",
         })  # fmt: skip
         labels[i] = label
-    return parse_jobs(entries, folder, known_methods=("spare", *BASELINES)), labels
+    jobs = parse_jobs(entries, folder, known_methods=("spare", *BASELINES))
+    keep = [job for job in jobs if selected is None or labels[job.index] in selected]
+    return keep, labels
 
 
-def run_rows(rows, folder: Path, seeds, templates, allow_failed: bool = False) -> list[dict]:
-    """Every row as a batch job; each record gets its row's label. Unless ``allow_failed``, a job that did
-    not finish stops the benchmark (a re-run resumes)."""
-    jobs, labels = build_jobs(rows, folder)
+def run_rows(
+    rows, folder: Path, seeds, templates, selected: set[str], allow_failed: bool = False, gather: bool = False
+) -> list[dict]:
+    """The selected rows as batch jobs; each record gets its row's label. Unless ``allow_failed``, a job
+    that did not finish stops the benchmark (a re-run resumes). With ``gather``, nothing runs: the
+    finished jobs' records are read back (a partial table)."""
+    jobs, labels = build_jobs(rows, folder, selected)
+    if gather:
+        report = gather_batch(jobs, folder / "results")
+        return [{**r, "label": labels[r["index"]]} for r in report.jobs if r["status"] == "done" and "report" in r]
     report = run_batch(jobs, ComparisonWorker(labels, seeds, templates), folder / "results")
     failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
     if failed and not allow_failed:
@@ -238,10 +258,10 @@ def choose_lr(tried: list[dict]) -> dict | None:
     return max(finished, key=key)
 
 
-def sweep(labels: list[str], work: Path) -> tuple[dict[str, dict], list[dict]]:
+def sweep(labels: list[str], work: Path, gather: bool = False) -> tuple[dict[str, dict], list[dict]]:
     """Each trained method's learning rate, chosen on the tuning concept, and the sweep's job records."""
-    rows = [(label, TUNING, default_lr(label) * f) for label in labels if is_trained(label) for f in LR_FACTORS]
-    records = run_rows(rows, work / "sweep", SWEEP_SEEDS, ("evaluation",), allow_failed=True)
+    rows = [(label, TUNING, default_lr(label) * f) for label in ALL_LABELS if is_trained(label) for f in LR_FACTORS]
+    records = run_rows(rows, work / "sweep", SWEEP_SEEDS, ("evaluation",), set(labels), True, gather)
     chosen: dict[str, dict] = {}
     for label in labels:
         tried = []
@@ -373,20 +393,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "comparison", help="folder for the jobs' files")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "comparison.json")
     p.add_argument("--table", type=Path, help="print the table of a results file and exit")
+    p.add_argument(
+        "--gather", action="store_true",
+        help="run nothing: write the results of the jobs finished so far (a partial table)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.table:
         results = json.loads(args.table.read_text())
         print(markdown_table(results))
         return results
     torch.set_num_threads(2)
-    labels = args.labels or (list(QUICK_LABELS) if args.quick else ["spare", *BASELINE_ORDER, *ABLATIONS])
+    labels = args.labels or list(QUICK_LABELS if args.quick else ALL_LABELS)
+    unknown = sorted(set(labels) - set(ALL_LABELS))
+    if unknown:
+        p.error(f"unknown method label(s) {', '.join(unknown)}; use some of {', '.join(ALL_LABELS)}")
     concepts = all_concepts()
     if args.quick:
         concepts = [c for c in concepts if c.concept in ("red", "circle")]
     began = time.perf_counter()
-    chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work)
-    rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in labels for pair in concepts]
-    records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES))
+    chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work, args.gather)
+    rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in ALL_LABELS for pair in concepts]
+    selected = {label for label in labels if args.quick or not is_trained(label) or label in chosen}
+    records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather)
+    labels = [label for label in labels if any(r["label"] == label for r in records)]
     results = {
         "protocol": {
             "concepts": [c.concept for c in concepts],
@@ -396,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
             "probe_seeds": list(PROBE_SEEDS),
             "lr_factors": list(LR_FACTORS) if chosen else None,
             "quick": args.quick,
+            "partial": args.gather,
         },  # fmt: skip
         "learning_rates": chosen,
         "methods": summarise(records, labels),

@@ -96,6 +96,7 @@ _EXPORTS: dict[str, str] = {
     "parse_jobs": "batch",
     "JOB_HASH_KEY": "batch",
     "run_batch": "batch",
+    "gather_batch": "batch",
     "erasure_worker": "batch",
     "ProcessInfo": "batch",
     "BatchJob": "batch",

@@ -386,6 +386,16 @@ def run_batch(
             signal.signal(signal.SIGTERM, previous)
 
 
+def gather_batch(jobs: Sequence[BatchJob], results_dir: str | Path, model: str = "toy") -> BatchReport:
+    """Each job's state as its results folder records it, running nothing (a job under way reads ``running``).
+
+    For a partial report while a batch is still going, or after it stopped.
+    """
+    results = Path(results_dir)
+    claims = Claims(results / "claims")
+    return BatchReport([_job_state(job, job.settings_hash(model), results, claims) for job in jobs])
+
+
 def _record_path(results: Path, job: BatchJob) -> Path:
     return results / "jobs" / f"{job.job_id}.json"
 

@@ -414,6 +414,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             templates=args.templates,
             strength=args.strength,
             base=base,
+            attacks=args.attacks,
         ).as_dict()
         report["file"] = str(path)
         stem = Path(path).name.split(".")[0]
@@ -441,6 +442,13 @@ def _eval_unlearncanvas(args: argparse.Namespace) -> int:
                 f"--{option.replace('_', '-')} must name the benchmark's classifier as .safetensors "
                 "(convert the published .pth with `spare convert`)"
             )
+    if args.inception is not None and not Path(args.inception).is_file():
+        raise UsageError(
+            f"--inception {args.inception} not found: give the FID Inception-v3 weights as .safetensors "
+            "(convert pytorch-fid's pt_inception-2015-12-05 .pth with `spare convert`)"
+        )
+    if args.fid_reference is not None and (args.inception is None or not Path(args.fid_reference).is_dir()):
+        raise UsageError("--fid-reference must be a folder of images, and needs --inception")
     backend = open_model(args.model, args.device, args.dtype)
     runs = []
     for path in args.edits:
@@ -454,15 +462,20 @@ def _eval_unlearncanvas(args: argparse.Namespace) -> int:
             result = evaluate_unlearncanvas(
                 backend, runs, args.style_classifier, args.object_classifier,
                 on_batch=lambda done, total: bars(Event("preview", done, total, message="UnlearnCanvas answer set")),
+                inception_path=args.inception, fid_reference=args.fid_reference,
             )  # fmt: skip
         except ValueError as exc:
             raise UsageError(describe_error(exc)) from None
     write_json(args.out / "unlearncanvas.json", result)
-    lines = ["| run | domain | UA | IRA | CRA |", "|---|---|---|---|---|"]
+    with_fid = args.inception is not None
+    lines = ["| run | domain | UA | IRA | CRA |" + (" FID |" if with_fid else ""),
+             "|---|---|---|---|---|" + ("---|" if with_fid else "")]  # fmt: skip
     rows = [(r["target"], r) for r in result["runs"]]
     rows += [(f"average ({d}, {a['runs']} runs)", a) for d, a in result["averages"].items()]
     for name, r in rows:
         cells = [f"{r[m]['value']:.3f} [{r[m]['ci_low']:.3f}, {r[m]['ci_high']:.3f}]" for m in ("ua", "ira", "cra")]
+        if with_fid:
+            cells.append(f"{r['fid']:.2f}")
         lines.append(f"| {name} | {r['domain']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     write_text((args.out / "unlearncanvas").with_suffix(".md"), table)
@@ -598,6 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="caption templates to evaluate on (default both)",
     )
     p.add_argument("--strength", type=float, default=1.0, help="strength the edit is applied at (default 1.0)")
+    p.add_argument(
+        "--attacks", nargs="*", default=["neighbours", "rephrasing"], choices=["neighbours", "rephrasing", "inversion"],
+        help="toy: robustness checks per erased concept (default: neighbours rephrasing; inversion learns a word "
+        "against the erased model, about a minute per concept; none: --attacks with no value)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5.0)")
     p.add_argument(
@@ -609,6 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--style-classifier", type=Path, help="UnlearnCanvas: the style ViT-L/16 as .safetensors")
     p.add_argument("--object-classifier", type=Path, help="UnlearnCanvas: the object ViT-L/16 as .safetensors")
+    p.add_argument(
+        "--inception", type=Path,
+        help="UnlearnCanvas: the FID Inception-v3 as .safetensors; adds each run's FID (none without it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fid-reference", type=Path,
+        help="UnlearnCanvas: a folder of reference images for the FID (default: the unedited model's answer set)",
+    )  # fmt: skip
 
     p = command("batch", _cmd_batch)
     p.add_argument("jobs", type=Path, help="the job list: a .json list or a .toml file of [[jobs]]")

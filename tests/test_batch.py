@@ -19,6 +19,7 @@ from spare_core.batch import (
     BatchError,
     Claims,
     ProcessInfo,
+    gather_batch,
     load_jobs,
     output_hash,
     parse_jobs,
@@ -126,6 +127,22 @@ def test_a_failing_job_is_reported_the_others_run_and_a_rerun_skips_what_is_done
     run_batch(changed, _fake_worker(calls), tmp_path / "results")
     assert calls == ["red"]
     assert output_hash(tmp_path / "red.safetensors") == changed[0].settings_hash("toy")
+
+
+def test_gathering_runs_nothing_and_reads_each_jobs_state(tmp_path):
+    jobs = parse_jobs([_job(), _job("purple", "purple.safetensors"), _job("blue", "blue.safetensors")], tmp_path)
+    assert [j["status"] for j in gather_batch(jobs, tmp_path / "results").jobs] == ["not run"] * 3
+    run_batch(jobs[:2], _fake_worker([]), tmp_path / "results")  # blue never ran
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # blue is now under way in another live process
+        claims = Claims(tmp_path / "results" / "claims")
+        claims.path(jobs[2]).write_text(json.dumps({"host": claims.host, "pid": sleeper.pid, "rank": 1}))
+        report = gather_batch(jobs, tmp_path / "results")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [j["status"] for j in report.jobs] == ["done", "failed", "running"]
+    assert report.jobs[0]["concept"] == ["red"] and "purple" in report.jobs[1]["error"]
 
 
 def test_a_claim_of_a_live_process_is_respected_and_a_dead_ones_is_taken_over(tmp_path):

@@ -87,6 +87,11 @@ def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
     assert all(j.settings["lr"] == 1e-3 for j in jobs)
     assert len({j.settings_hash("toy") for j in jobs}) == len(jobs)
 
+    # A subset keeps each job's place in the whole table, so that runs of parts share one work folder.
+    part, _ = bench.build_jobs(rows, tmp_path, {"uce", "leco"})
+    assert {labels[j.index] for j in part} == {"uce", "leco"}
+    assert {j.job_id for j in part} <= {j.job_id for j in jobs}
+
 
 def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
     bench = _bench()

@@ -90,6 +90,7 @@ def test_an_edit_that_changes_nothing_scores_exactly_as_the_base_model(toy_backe
     assert entry["retain_fidelity"]["pixel_distance"]["value"] == 0.0
     assert entry["prompt_matrix"] == entry["base_prompt_matrix"]
     assert "| UA |" in report_markdown(report)
+    assert "robustness" not in report  # only with attacks
     with pytest.raises(ValueError, match="held_out"):
         evaluate_edit(toy_backend, [ConceptPair("circle", "square")], unchanged, templates=["training"], base=base)
 
@@ -106,6 +107,7 @@ def test_spare_eval_writes_json_markdown_and_matrix_plots(toy_backend, tmp_path,
     out = tmp_path / "eval"
     code = main([
         "eval", str(path), "--seeds", "1", "--templates", "evaluation", "--steps", "4", "--out", str(out),
+        "--attacks", "neighbours",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "uce_blue.json").read_text())
@@ -114,4 +116,8 @@ def test_spare_eval_writes_json_markdown_and_matrix_plots(toy_backend, tmp_path,
     assert ua["n"] == len(OBJECTS) and ua["ci_low"] <= ua["value"] <= ua["ci_high"]
     assert (out / "uce_blue").with_suffix(".md").read_text().startswith("# uce_blue.delta.safetensors")
     assert (out / "uce_blue_matrix_evaluation.png").stat().st_size > 1000
+    neighbours = report["robustness"]["blue"]["neighbours"]["evaluation"]
+    assert len(neighbours["neighbours"]) == 2 and "blue" not in neighbours["neighbours"]
+    assert neighbours["after"]["n"] == 2 * len(OBJECTS)  # each neighbour style on every object, one seed
+    assert "nearest neighbours" in (out / "uce_blue").with_suffix(".md").read_text()
     assert main(["eval", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2

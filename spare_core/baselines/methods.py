@@ -16,6 +16,12 @@ Sources of the defaults:
 * LECO (p1atdev/LECO, config_util.py and train_lora.py): ESD's target as a
   LoRA of rank 4 and alpha 1 on the layers of the transformer blocks, AdamW,
   constant lr 1e-4, 500 iterations.
+* The anchor variants train on forward-noised images drawn beforehand by the
+  original model (here of the concept's prompts), as Concept Ablation trains
+  on noised images generated once (of the anchor concept, there), rather than
+  on ESD's trajectories of the model being edited; the trajectories cost a
+  partial sampling run per step (about ten times the step). ``esd_x_noised``
+  / ``esd_u_noised`` are ESD's own target (empty anchor) on the same images.
 * UCE (rohitgandikota/unified-concept-editing, trainscripts/uce_sd_erase.py):
   a closed-form edit of the cross-attention keys and values, lam 0.5, erase and
   preserve scales 1.
@@ -90,8 +96,8 @@ BASELINES: dict[str, BaselineMethod] = {
     for m in (
         _esd("esd_x", "ESD-x (published)", "cross_attention"),
         _esd("esd_u", "ESD-u (published)", "non_cross_attention"),
-        _esd("esd_x_anchor", "ESD-x, surrogate as anchor", "cross_attention", anchor="surrogate"),
-        _esd("esd_u_anchor", "ESD-u, surrogate as anchor", "non_cross_attention", anchor="surrogate"),
+        _esd("esd_x_anchor", "ESD-x, surrogate as anchor", "cross_attention", anchor="surrogate", x_t="noised"),
+        _esd("esd_u_anchor", "ESD-u, surrogate as anchor", "non_cross_attention", anchor="surrogate", x_t="noised"),
         _esd("esd_x_noised", "ESD-x, noised base images as x_t", "cross_attention", x_t="noised"),
         _esd("esd_u_noised", "ESD-u, noised base images as x_t", "non_cross_attention", x_t="noised"),
         _esd("leco", "LECO (ESD's target as a LoRA)", "transformer", parametrisation="lora", lr=1e-4, steps=500),

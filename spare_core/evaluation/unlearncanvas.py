@@ -178,6 +178,8 @@ def average_scores(runs: Sequence[dict]) -> dict:
     out: dict = {"domain": domains.pop(), "runs": len(runs)}
     for metric in ("ua", "ira", "cra"):
         out[metric] = proportion(sum(r[metric]["k"] for r in runs), sum(r[metric]["n"] for r in runs))
+    if all("fid" in r for r in runs):
+        out["fid"] = round(sum(r["fid"] for r in runs) / len(runs), 3)
     return out
 
 
@@ -209,11 +211,13 @@ def generate_and_classify(
     edit=None,
     batch_size: int = 8,
     on_batch=None,
+    on_images=None,
 ) -> Accuracies:
     """Draw the protocol's answer set (with ``edit`` applied if given) and count what the classifiers read.
 
     ``backend`` draws at ``protocol.image_size`` (its resolution is set to that for the run and restored
-    after); ``on_batch(done, total)`` is called after each batch.
+    after); ``on_batch(done, total)`` is called after each batch, ``on_images(images)`` with each batch's
+    images (RGB in [0, 1]; the FID's features are taken there).
     """
     from contextlib import nullcontext
 
@@ -232,6 +236,8 @@ def generate_and_classify(
                 inputs = classifier_input(images, protocol.classifier_size).to(device)
                 style_pred += style_classifier(inputs).argmax(-1).tolist()
                 object_pred += object_classifier(inputs).argmax(-1).tolist()
+                if on_images is not None:
+                    on_images(images)
                 if on_batch is not None:
                     on_batch(start + len(chunk), len(grid))
     finally:
@@ -248,6 +254,13 @@ def target_name(protocol: Protocol, concept: str) -> str:
     raise ValueError(f"{concept!r} is not a style or object of the UnlearnCanvas protocol")
 
 
+def _feature_collector(inception, stats):
+    """``on_images`` for :func:`generate_and_classify`: adds each batch's Inception features to ``stats``."""
+    if inception is None:
+        return None
+    return lambda images: stats.add(inception(images))
+
+
 #: The protocol's public name.
 UnlearnCanvasProtocol = Protocol
 
@@ -260,23 +273,49 @@ def evaluate_unlearncanvas(
     protocol: Protocol | None = None,
     batch_size: int = 8,
     on_batch=None,
+    inception_path=None,
+    fid_reference=None,
 ) -> dict:
     """Every unlearning run ``(edit, erased concept)`` scored as UnlearnCanvas does, and the averages per domain.
 
     The classifiers are the benchmark's two ViT-L/16 files converted to safetensors
     (``spare convert``); ``backend`` is the benchmark's fine-tuned model.
+
+    With ``inception_path`` (the FID Inception-v3 as safetensors), each run also gets the FID of its
+    answer set to ``fid_reference``: a folder of reference images (e.g. the benchmark's own images), or,
+    when none is given, the unedited model's answer set on the same prompts and seeds (drawn once).
     """
+    from .fid import FeatureStatistics, fid, load_inception, read_image_folder
+
     protocol = protocol or Protocol()
     style_clf = load_classifier(style_classifier_path, len(protocol.styles)).to(backend.device)
     object_clf = load_classifier(object_classifier_path, len(protocol.objects)).to(backend.device)
+    inception = load_inception(inception_path).to(backend.device) if inception_path is not None else None
+    reference = None
+    if inception is not None:
+        reference = FeatureStatistics()
+        if fid_reference is not None:
+            for images in read_image_folder(fid_reference):
+                reference.add(inception(images.to(backend.device)))
+        else:
+            generate_and_classify(
+                backend, protocol, style_clf, object_clf, None, batch_size, on_batch,
+                on_images=_feature_collector(inception, reference),
+            )  # fmt: skip
     scored = []
     for edit, concept in runs:
         target = target_name(protocol, concept)
-        accuracies = generate_and_classify(backend, protocol, style_clf, object_clf, edit, batch_size, on_batch)
+        stats = FeatureStatistics() if inception is not None else None
+        accuracies = generate_and_classify(
+            backend, protocol, style_clf, object_clf, edit, batch_size, on_batch,
+            on_images=_feature_collector(inception, stats),
+        )  # fmt: skip
         scored.append(
             {**unlearning_scores(protocol, accuracies, target), "accuracies": {"style": accuracies.style,
                                                                                "object": accuracies.object}}
         )  # fmt: skip
+        if stats is not None:
+            scored[-1]["fid"] = round(fid(stats, reference), 3)
     averages = {}
     for domain in ("style", "object"):
         mine = [r for r in scored if r["domain"] == domain]
@@ -284,4 +323,6 @@ def evaluate_unlearncanvas(
             averages[domain] = average_scores(mine)
     return {"protocol": {"styles": len(protocol.styles), "objects": len(protocol.objects),
                          "seeds": list(protocol.seeds), "steps": protocol.steps, "guidance": protocol.guidance,
-                         "image_size": protocol.image_size}, "runs": scored, "averages": averages}  # fmt: skip
+                         "image_size": protocol.image_size,
+                         "fid_reference": None if inception is None else str(fid_reference or "unedited model")},
+            "runs": scored, "averages": averages}  # fmt: skip

@@ -116,7 +116,7 @@ def learn_embedding(
     optimizer = torch.optim.Adam([vector], lr=budget.lr)
     gen = torch.Generator().manual_seed(budget.seed)
     weights = [*backend.denoiser().parameters(), *text_encoder.parameters()]
-    weights += list(edit.parameters()) if isinstance(edit, nn.Module) else []
+    weights += list(edit.parameters()) if hasattr(edit, "parameters") else []
     frozen = [p for p in weights if p.requires_grad]  # only v learns; the erased model stays as it is
     for p in frozen:
         p.requires_grad_(False)

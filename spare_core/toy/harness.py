@@ -14,7 +14,13 @@ edit, on the evaluation template and the held-out one, and reports:
 * a per-prompt matrix: for each object x style prompt, the share of seeds
   whose image shows both the prompt's object and its style.
 
-Base grids are the same for every edit: :class:`BaseGrids` keeps them.
+With ``attacks``, each erased concept also gets the robustness figures of
+:mod:`spare_core.toy.robustness` and :mod:`spare_core.toy.attacks`: UA on
+rephrased prompts, accuracy on its nearest neighbours, and the success of a
+concept-inversion attack beside its success on the base model.
+
+Base grids are the same for every edit: :class:`BaseGrids` keeps them (and the
+base model's side of the attacks).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from ..backend import DiffusionBackend
 from ..config import ConceptPair
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..stats import proportion
+from .attacks import concept_images, concept_inversion
 from .classifier import ToyClassifier
 from .erasure_eval import GRID_STYLES, METRICS, counts_of, domain_of, erasure_outcomes, evaluation_grid
 from .evaluate import GridResult
+from .robustness import nearest_concepts, neighbour_accuracy, rephrasing_attack
 from .world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE, OBJECTS, STYLES
 
 #: The two caption templates an erasure is evaluated on.
@@ -39,6 +47,8 @@ TEMPLATES = {"evaluation": EVAL_TEMPLATE, "held_out": HELD_OUT_TEMPLATE}
 #: Seeds per prompt by default: a style's 6 prompts x 5 seeds = 30 erased generations per template,
 #: and over the 11 concepts of a benchmark 330, so a pooled interval is about +-2 points wide at UA 0.97.
 DEFAULT_SEEDS = 5
+#: The robustness checks ``evaluate_edit`` can add, cheapest first.
+ATTACKS = ("neighbours", "rephrasing", "inversion")
 
 
 class BaseGrids:
@@ -47,6 +57,9 @@ class BaseGrids:
     def __init__(self, steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE):
         self.steps, self.guidance_scale = steps, guidance_scale
         self._grids: dict[tuple[str, tuple[int, ...]], GridResult] = {}
+        self.rephrasing: dict = {}  # the base model's readings of each rephrasing
+        self.inversion: dict[str, tuple[torch.Tensor, dict]] = {}  # concept -> (attack images, base success)
+        self.neighbours: dict[str, list[str]] = {}
 
     def get(
         self, backend: DiffusionBackend, classifiers: tuple[ToyClassifier, ToyClassifier], template: str, seeds
@@ -132,6 +145,7 @@ class EvalReport:
     pairs: list[ConceptPair]
     seeds: list[int]
     templates: dict[str, TemplateResult] = field(default_factory=dict)
+    robustness: dict[str, dict] = field(default_factory=dict)  # per erased concept, with ``attacks``
 
     def as_dict(self, outcomes: bool = False) -> dict:
         """Everything as JSON-ready values; with ``outcomes`` also each generation's result (0/1, in grid
@@ -158,6 +172,8 @@ class EvalReport:
                     pair.concept: {metric: hits.int().tolist() for metric, hits in row.items()}
                     for pair, row in zip(self.pairs, result.outcomes, strict=True)
                 }
+        if self.robustness:
+            out["robustness"] = self.robustness
         return out
 
 
@@ -191,11 +207,13 @@ def evaluate_edit(
     templates: Sequence[str] = tuple(TEMPLATES),
     strength: float = 1.0,
     base: BaseGrids | None = None,
+    attacks: Sequence[str] = (),
 ) -> EvalReport:
     """Evaluate ``edit`` (anything with ``applied(strength)``) erasing ``pairs`` on every template named.
 
     ``classifiers`` are the toy object and style classifiers (default: the shipped ones);
     pass the same ``base`` to evaluate several edits against one set of base grids.
+    ``attacks`` names robustness checks of :data:`ATTACKS` to add per erased concept.
     """
     if classifiers is None:
         from .pipeline import load_toy_classifiers
@@ -204,15 +222,28 @@ def evaluate_edit(
     unknown = [t for t in templates if t not in TEMPLATES]
     if unknown:
         raise ValueError(f"unknown template {unknown[0]!r}; use {', '.join(TEMPLATES)}")
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack {unknown[0]!r}; use some of {', '.join(ATTACKS)}")
     for pair in pairs:
         domain_of(pair.concept)  # a clear error for a concept the toy world does not have
     base = base or BaseGrids()
     report = EvalReport(list(pairs), list(seeds))
+    at_strength = _AtStrength(edit, strength)
+    for pair in pairs if attacks else ():
+        report.robustness[pair.concept] = {}
+        if "neighbours" in attacks and pair.concept not in base.neighbours:
+            base.neighbours[pair.concept] = nearest_concepts(backend, pair.concept)
     for name in templates:
         template = TEMPLATES[name]
         base_grid = base.get(backend, classifiers, template, seeds)
         with edit.applied(strength):
             after = evaluation_grid(backend, classifiers, seeds, template, base.steps, base.guidance_scale)
+        if "neighbours" in attacks:
+            for pair in pairs:
+                report.robustness[pair.concept].setdefault("neighbours", {})[name] = neighbour_accuracy(
+                    base_grid, after, base.neighbours[pair.concept]
+                )
         report.templates[name] = TemplateResult(
             outcomes=erasure_outcomes(after, pairs),
             base_outcomes=erasure_outcomes(base_grid, pairs),
@@ -220,7 +251,37 @@ def evaluate_edit(
             matrix=prompt_matrix(after),
             base_matrix=prompt_matrix(base_grid),
         )
+    for pair in pairs if attacks else ():
+        entry = report.robustness[pair.concept]
+        if "rephrasing" in attacks:
+            entry["rephrasing"] = rephrasing_attack(
+                backend, classifiers, pair.concept, at_strength, base_cache=base.rephrasing, steps=base.steps,
+                guidance_scale=base.guidance_scale,
+            )  # fmt: skip
+        if "inversion" in attacks:
+            if pair.concept not in base.inversion:
+                images = concept_images(backend, pair.concept)
+                base.inversion[pair.concept] = (images, concept_inversion(backend, classifiers, pair.concept, None,
+                                                                          images=images))  # fmt: skip
+            images, ceiling = base.inversion[pair.concept]
+            entry["inversion"] = {
+                "success": concept_inversion(backend, classifiers, pair.concept, at_strength, images=images),
+                "base": ceiling,
+            }
     return report
+
+
+class _AtStrength:
+    """An edit whose ``applied()`` uses a fixed strength (what the attacks call)."""
+
+    def __init__(self, edit, strength: float):
+        self.edit, self.strength = edit, strength
+
+    def applied(self, strength: float | None = None):
+        return self.edit.applied(self.strength if strength is None else strength)
+
+    def parameters(self):
+        return self.edit.parameters() if hasattr(self.edit, "parameters") else iter(())
 
 
 # --------------------------------------------------------------------------- Markdown and pictures
@@ -264,6 +325,28 @@ def report_markdown(report: dict) -> str:
             entry = report["templates"][name]["retain_fidelity"].get(key)
             cells.append(f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]" if entry else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if report.get("robustness"):
+        lines += ["", robustness_markdown(report["robustness"])]
+    return "\n".join(lines) + "\n"
+
+
+def robustness_markdown(robustness: dict) -> str:
+    """Per erased concept: UA on rephrasings, accuracy on the nearest neighbours, concept-inversion success."""
+    lines = [
+        "| concept | UA on rephrasings | nearest neighbours: accuracy after (base) | inversion success (base) |",
+        "|---|---|---|---|",
+    ]
+    for concept, entry in robustness.items():
+        reph = entry.get("rephrasing")
+        reph_text = _cell(reph["ua"]) if reph else "–"
+        neigh = entry.get("neighbours", {}).get("evaluation") or next(iter(entry.get("neighbours", {}).values()), None)
+        neigh_text = (
+            f"{', '.join(neigh['neighbours'])}: {neigh['after']['value']:.3f} ({neigh['base']['value']:.3f})"
+            if neigh else "–"
+        )  # fmt: skip
+        inv = entry.get("inversion")
+        inv_text = f"{_cell(inv['success'])} ({inv['base']['value']:.3f})" if inv else "–"
+        lines.append(f"| {concept} | {reph_text} | {neigh_text} | {inv_text} |")
     return "\n".join(lines) + "\n"
 
 
