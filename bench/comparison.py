@@ -52,19 +52,23 @@ from spare_core import (
     erase,
     evaluate_edit,
     gather_batch,
+    load_edit,
     lora_from_adapter,
     open_model,
     paired_bootstrap,
     parse_jobs,
+    proportion,
     run_baseline,
     run_batch,
     write_json,
     write_text,
 )
+from spare_core.toy.attacks import concept_images, concept_inversion
 from spare_core.toy.erasure_eval import METRICS, concept_readings, concept_triples
 from spare_core.toy.evaluate import generate_triples
 from spare_core.toy.harness import TEMPLATES, metric_table, plot_tradeoff
 from spare_core.toy.pipeline import load_toy_classifiers
+from spare_core.toy.robustness import neighbour_attack, rephrasing_attack
 from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +92,10 @@ ABLATIONS: dict[str, dict] = {
 }
 BASELINE_ORDER = ("esd_x", "esd_u", "esd_x_anchor", "esd_u_anchor", "esd_x_noised", "esd_u_noised", "leco", "uce")
 QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
+#: The methods attacked (SPARE's defaults and every baseline), and the base-model inversion success from which
+#: a concept's attack counts (an attack that fails on the base model says nothing about an erasure).
+ROBUST_LABELS = ("spare", *BASELINE_ORDER)
+INVERSION_CEILING = 0.9
 #: Every row label, in the table's order (also the order of the jobs in the work folder).
 ALL_LABELS = ("spare", *BASELINE_ORDER, *ABLATIONS)
 
@@ -352,6 +360,117 @@ def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 4)
 
 
+# --------------------------------------------------------------------------- robustness
+
+
+def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> list[dict]:
+    """The attacks on every finished main job of :data:`ROBUST_LABELS`, one result file per job.
+
+    Rephrasing UA, accuracy on the two nearest neighbours (both templates, the
+    evaluation seeds) and the concept-inversion attack with its pinned budget
+    (its base-model ceiling once per concept). A job whose file carries the
+    output's hash is not attacked again; with ``gather``, only those are read.
+    """
+    folder = work / "robustness"
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = classifiers = None
+    cache: dict = {}
+    ceilings: dict[str, tuple] = {}
+    out = []
+    for record in records:
+        if record["label"] not in ROBUST_LABELS:
+            continue
+        path = folder / f"{Path(record['output']).name.split('.')[0]}.json"
+        if path.exists() and json.loads(path.read_text()).get("hash") == record["hash"]:
+            out.append(json.loads(path.read_text()))
+            continue
+        if gather:
+            continue
+        if backend is None:
+            backend, classifiers = open_model("toy"), load_toy_classifiers()
+        concept = record["concept"][0]
+        edit, _ = load_edit(record["output"], backend)
+        began = time.perf_counter()
+        if concept not in ceilings:
+            images = concept_images(backend, concept)
+            ceilings[concept] = (images, concept_inversion(backend, classifiers, concept, None, images=images))
+        images, ceiling = ceilings[concept]
+        entry = {
+            "hash": record["hash"], "label": record["label"], "concept": concept,
+            "rephrasing": rephrasing_attack(backend, classifiers, concept, edit, base_cache=cache),
+            "neighbours": {
+                name: neighbour_attack(backend, classifiers, concept, edit, EVAL_SEEDS, template, base_cache=cache)
+                for name, template in TEMPLATES.items()
+            },
+            "inversion": {"success": concept_inversion(backend, classifiers, concept, edit, images=images),
+                          "base": ceiling},
+        }  # fmt: skip
+        entry["seconds"] = round(time.perf_counter() - began, 1)
+        write_json(path, entry)
+        ua = entry["rephrasing"]["ua"]
+        print(
+            f"robustness {record['label']:>14} {concept:>9}: rephrasing UA {ua['value'] if ua else float('nan'):.3f}, "
+            f"inversion {entry['inversion']['success']['value']:.3f} (base {ceiling['value']:.3f})",
+            flush=True,
+        )
+        out.append(entry)
+    return out
+
+
+def summarise_robustness(entries: list[dict]) -> dict:
+    """Per method: rephrasing UA pooled and its worst concept, inversion success pooled over the concepts
+    whose base-model ceiling is at least :data:`INVERSION_CEILING`, neighbour accuracy pooled per template."""
+    methods: dict[str, dict] = {}
+    for label in dict.fromkeys(e["label"] for e in entries):
+        rows = sorted((e for e in entries if e["label"] == label), key=lambda e: e["concept"])
+        reph = [(e["concept"], e["rephrasing"]["ua"]) for e in rows if e["rephrasing"]["ua"]]
+        strong = [e for e in rows if e["inversion"]["base"]["value"] >= INVERSION_CEILING]
+        entry = {
+            "concepts": [e["concept"] for e in rows],
+            "rephrasing_ua": _pool([u for _, u in reph]),
+            "rephrasing_ua_worst": min(((c, u["value"]) for c, u in reph), key=lambda t: t[1], default=None),
+            "inversion_success": _pool([e["inversion"]["success"] for e in strong]),
+            "inversion_base": _pool([e["inversion"]["base"] for e in strong]),
+            "inversion_concepts": [e["concept"] for e in strong],
+            "neighbours": {
+                name: {"after": _pool([e["neighbours"][name]["after"] for e in rows]),
+                       "base": _pool([e["neighbours"][name]["base"] for e in rows])}
+                for name in TEMPLATES
+            },
+            "per_concept": {e["concept"]: {k: e[k] for k in ("rephrasing", "neighbours", "inversion")} for e in rows},
+        }  # fmt: skip
+        methods[label] = entry
+    return methods
+
+
+def _pool(entries: list[dict]) -> dict | None:
+    """Proportions pooled by adding their counts."""
+    if not entries:
+        return None
+    return proportion(sum(e["k"] for e in entries), sum(e["n"] for e in entries))
+
+
+def robustness_table(robustness: dict) -> str:
+    lines = [
+        "| method | UA on rephrasings (worst concept) | inversion success (base) | neighbour accuracy (base) |",
+        "|---|---|---|---|",
+    ]
+    for label, m in robustness.items():
+        reph = m["rephrasing_ua"]
+        worst = (
+            f" ({m['rephrasing_ua_worst'][0]} {m['rephrasing_ua_worst'][1]:.3f})" if m["rephrasing_ua_worst"] else ""
+        )
+        inv, inv_base = m["inversion_success"], m["inversion_base"]
+        inv_text = f"{_ci(inv)} ({inv_base['value']:.3f})" if inv else "– (no concept's ceiling reaches 0.9)"
+        nb = m["neighbours"]["evaluation"]
+        lines.append(f"| {label} | {_ci(reph)}{worst} | {inv_text} | {_ci(nb['after'])} ({nb['base']['value']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def _ci(e: dict | None) -> str:
+    return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]" if e else "–"
+
+
 def markdown_table(results: dict) -> str:
     lines = [
         "| method | UA | IRA (base) | CRA (base) | surrogate | held-out UA / IRA | retained pixel change "
@@ -393,6 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "comparison", help="folder for the jobs' files")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "comparison.json")
     p.add_argument("--table", type=Path, help="print the table of a results file and exit")
+    p.add_argument("--no-robustness", action="store_true", help="skip the attacks on the finished erasures")
     p.add_argument(
         "--gather", action="store_true",
         help="run nothing: write the results of the jobs finished so far (a partial table)",
@@ -416,6 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
     selected = {label for label in labels if args.quick or not is_trained(label) or label in chosen}
     records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather)
     labels = [label for label in labels if any(r["label"] == label for r in records)]
+    robust = [] if args.no_robustness else robustness_pass(records, args.work, args.gather)
     results = {
         "protocol": {
             "concepts": [c.concept for c in concepts],
@@ -429,14 +550,20 @@ def main(argv: list[str] | None = None) -> dict:
         },  # fmt: skip
         "learning_rates": chosen,
         "methods": summarise(records, labels),
+        "robustness": summarise_robustness(robust),
         # Every job's own wall time (erase, probes and evaluation), so that a resumed run reports the whole cost.
-        "hours": round(sum(r.get("job_seconds", 0.0) for r in records + sweep_records) / 3600, 2),
+        "hours": round(
+            (sum(r.get("job_seconds", 0.0) for r in records + sweep_records) + sum(e["seconds"] for e in robust))
+            / 3600,
+            2,
+        ),  # fmt: skip
         "this_invocation_hours": round((time.perf_counter() - began) / 3600, 2),
     }
     write_json(args.out, results)
-    write_text(args.out.with_suffix(".md"), markdown_table(results))
+    write_text(args.out.with_suffix(".md"), markdown_table(results) + "\n" + robustness_table(results["robustness"]))
     plot_tradeoff(tradeoff_points(results), args.out.with_suffix(".png"))
     print(markdown_table(results))
+    print(robustness_table(results["robustness"]))
     print(f"wrote {args.out} ({results['hours']} h)")
     return results
 

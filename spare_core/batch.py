@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ErasureConfig, SettingsError, pair_concepts
+from .config import SETTINGS_BY_NAME, ErasureConfig, SettingsError, pair_concepts
 from .errors import describe_error
 from .fileio import write_json
 
@@ -52,6 +52,8 @@ HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 60.0
 #: Metadata key of an output file that holds its job's settings hash.
 JOB_HASH_KEY = "spare_job_hash"
+#: Settings added after job hashes were first written: left out of a hash while at their default.
+LATER_SETTINGS = ("robust", "retain_focus")
 
 
 class BatchError(ValueError):
@@ -75,8 +77,16 @@ class BatchJob:
         return config.with_settings(**self.settings).validate()
 
     def settings_hash(self, model: str) -> str:
-        """What decides the job's output: method, model, concepts and every setting."""
-        text = json.dumps({"method": self.method, "config": json.loads(self.config(model).to_json())}, sort_keys=True)
+        """What decides the job's output: method, model, concepts and every setting.
+
+        A setting added after hashes were first written (:data:`LATER_SETTINGS`) is left out while it is
+        at its default, so that outputs made before it existed keep their hash.
+        """
+        config = json.loads(self.config(model).to_json())
+        for name in LATER_SETTINGS:
+            if config.get(name) == SETTINGS_BY_NAME[name].default:
+                config.pop(name, None)
+        text = json.dumps({"method": self.method, "config": config}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property

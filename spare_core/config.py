@@ -32,7 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Settings added after files were first written, with the value that reproduces
 #: those older files' runs (``spare erase --from`` on an older LoRA).
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"surrogate_images_per_prompt": 0}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"surrogate_images_per_prompt": 0, "robust": 0.0, "retain_focus": 0.0}
 
 
 class SettingsError(ValueError):
@@ -347,8 +347,26 @@ class ErasureConfig:
         minimum=0.0,
         maximum=10.0,
     )
+    robust: float = _setting(
+        0.0,
+        "float",
+        "robust mode: also erase the concept when its prompt's text states are pushed, within this share of "
+        "their RMS, toward bringing it back (adversarial states found at every step); against synonyms, "
+        "rephrasings and learned words, at up to twice the training time (0: off)",
+        minimum=0.0,
+        maximum=2.0,
+    )
     forget_weight: float = _setting(1.0, "float", "weight of the forget term", minimum=0.0, maximum=1e3, advanced=True)
     retain_weight: float = _setting(1.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
+    retain_focus: float = _setting(
+        0.0,
+        "float",
+        "share of retain draws given to the retain prompts nearest the concept in the text encoder's states "
+        "(its neighbours and the surrogate, which an erasure most easily drags along); 0: uniform",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+    )
     seed: int = _setting(0, "int", "seed of every random draw", minimum=0, maximum=2**31 - 1)
 
     # ---------------------------------------------------------------- checks and storage

@@ -7,7 +7,10 @@ Teacher: the same model with the adapter detached. Per step:
   self-distillation; eta 1: ESD's target with the surrogate as reference);
   optional images of the surrogate prompts join the forget latents, with eta 0;
 * retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents;
-* ``loss = w_f * forget + w_r * retain``; AdamW, cosine schedule, gradient clipping.
+* ``loss = w_f * forget + w_r * retain``; AdamW, cosine schedule, gradient clipping;
+* robust mode (``robust > 0``): the forget term is the mean of the term above
+  and the same term with ``c_f`` replaced by adversarial text states
+  ``c_f + delta`` that bring the concept back (:meth:`SelfDistillationTrainer._adversarial_conditioning`).
 
 Every random draw of step ``k`` comes from a generator seeded by (seed, k), so
 a run resumed from a checkpoint ends with the same adapter as an
@@ -105,6 +108,14 @@ def forget_target(
     return eps_surrogate - eta_per_sample * (eps_concept - eps_surrogate)
 
 
+#: Robust mode: signed-gradient steps that find the adversarial text states of a step, and each one's size
+#: as a share of the radius (two steps of 0.75 can reach the radius's corners).
+#: Temperature of the retain focus's softmax over cosine similarities (see ``retain_sampling_weights``).
+RETAIN_FOCUS_TEMPERATURE = 0.1
+ADVERSARIAL_STEPS = 2
+ADVERSARIAL_STEP_SHARE = 0.75
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 10) -> float:
     """Linear warm-up then cosine decay to zero."""
     if step < warmup:
@@ -124,6 +135,27 @@ LearningRateSchedule = Callable[[int, int, float], float]
 def constant_lr(step: int, total: int, base: float) -> float:
     """The base rate at every step (ESD's and LECO's published schedules)."""
     return base
+
+
+def retain_sampling_weights(
+    data: TrainingData, focus: float, temperature: float = RETAIN_FOCUS_TEMPERATURE
+) -> torch.Tensor:
+    """How often each retain latent is drawn: a mix of uniform and "hard" retain prompts.
+
+    The retain prompts whose text states lie closest to the forget prompts'
+    (cosine similarity of their token-averaged states, centred on the retain
+    prompts' mean) are the ones an erasure most easily drags along: the
+    concept's neighbours and its surrogate. ``focus`` of the draws follow a
+    softmax of that similarity at ``temperature``; the rest are uniform.
+    """
+    retain = data.retain_cond.hidden_states.float().mean(dim=1)
+    forget = data.concept_cond.hidden_states.float().mean(dim=1).mean(dim=0, keepdim=True)
+    centre = retain.mean(dim=0, keepdim=True)
+    similarity = torch.cosine_similarity(retain - centre, forget - centre, dim=1)
+    per_prompt = (1 - focus) / len(retain) + focus * torch.softmax(similarity / temperature, dim=0)
+    per_latent = per_prompt[data.retain_prompt_index]
+    counts = torch.bincount(data.retain_prompt_index, minlength=len(retain)).float()
+    return per_latent / counts[data.retain_prompt_index]  # a prompt's share, split over its latents
 
 
 class SelfDistillationTrainer:
@@ -154,6 +186,10 @@ class SelfDistillationTrainer:
             adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.retain_sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+        self.retain_odds = (
+            retain_sampling_weights(data, config.retain_focus) if config.retain_focus > 0 and len(data.retain_latents)
+            else None
+        )  # fmt: skip
         self.forget_latents, self.forget_prompt_index = data.forget_pool()
         self.concept_images = len(data.forget_latents)
         self.step = 0
@@ -161,9 +197,14 @@ class SelfDistillationTrainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _batch(self, latents: torch.Tensor, gen: torch.Generator, sampler: TimestepSampler):
+    def _batch(
+        self, latents: torch.Tensor, gen: torch.Generator, sampler: TimestepSampler, odds: torch.Tensor | None = None
+    ):
         n = self.config.batch_size
-        index = torch.randint(len(latents), (n,), generator=gen)
+        if odds is None:
+            index = torch.randint(len(latents), (n,), generator=gen)
+        else:
+            index = torch.multinomial(odds, n, replacement=True, generator=gen)
         x0 = latents[index].to(self.backend.device, self.backend.dtype)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         t = sampler.sample(n, gen).to(self.backend.device)
@@ -180,6 +221,43 @@ class SelfDistillationTrainer:
         eps = self.backend.predict_noise(x_t, t, cond).float()
         return list(eps.split([len(x) for x, _, _ in parts]))
 
+    def _adversarial_conditioning(
+        self, x_t: torch.Tensor, t: torch.Tensor, concept: Conditioning, eps_concept: torch.Tensor
+    ) -> Conditioning:
+        """The concept prompts' text states, pushed toward bringing the concept back (robust mode).
+
+        A few signed-gradient steps (projected gradient descent, as in
+        adversarial training; Madry et al. 2018) on ``delta``, within
+        ``robust`` times the states' RMS per element, to make the adapted
+        model predict what the original model predicts for the concept:
+        ``min_delta || eps_{theta+D}(x_t, c + delta) - eps(x_t, c) ||^2``.
+        Only ``delta`` is differentiated; the adapter's gradients are untouched.
+        Of the states the steps reach (the unperturbed ones included), the one
+        that brings the concept back best is returned: a signed step can overshoot.
+        """
+        states = concept.hidden_states.detach().float()
+        radius = self.config.robust * states.pow(2).mean().sqrt()
+        step_size = ADVERSARIAL_STEP_SHARE * radius
+
+        def attack_loss(delta: torch.Tensor) -> torch.Tensor:
+            cond = Conditioning((states + delta).to(concept.hidden_states.dtype), concept.extra)
+            return (self.backend.predict_noise(x_t, t, cond).float() - eps_concept).pow(2).mean()
+
+        delta = torch.zeros_like(states)
+        best, best_loss = delta, float("inf")
+        with self.adapter.applied():
+            for k in range(ADVERSARIAL_STEPS + 1):
+                delta.requires_grad_(k < ADVERSARIAL_STEPS)
+                with torch.set_grad_enabled(k < ADVERSARIAL_STEPS):
+                    loss = attack_loss(delta)
+                if loss.item() < best_loss:
+                    best, best_loss = delta.detach(), loss.item()
+                if k == ADVERSARIAL_STEPS:
+                    break
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta = (delta.detach() - step_size * grad.sign()).clamp(-radius, radius)
+        return Conditioning((states + best).to(concept.hidden_states.dtype), concept.extra)
+
     def train_step(self) -> StepReport:
         cfg, data = self.config, self.data
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
@@ -192,14 +270,14 @@ class SelfDistillationTrainer:
         with_retain = cfg.retain_weight > 0
         retain_part = []
         if with_retain:
-            r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler)
+            r_index, r_xt, r_t = self._batch(data.retain_latents, gen, self.retain_sampler, self.retain_odds)
             retain_part = [(r_xt, r_t, data.retain_cond.select(data.retain_prompt_index[r_index]))]
         concept = data.concept_cond.select(f_prompt)
         surrogate = data.surrogate_cond.select(f_prompt)
 
         self.adapter.detach()
         with torch.no_grad():
-            if cfg.eta != 0:
+            if cfg.eta != 0 or cfg.robust > 0:
                 eps_s, eps_f, *retain_target = self._predict(
                     [(f_xt, f_t, surrogate), (f_xt, f_t, concept), *retain_part]
                 )
@@ -207,9 +285,13 @@ class SelfDistillationTrainer:
                 target = forget_target(eps_s, eps_f, cfg.eta, on_surrogate_image=on_surrogate_image)
             else:
                 target, *retain_target = self._predict([(f_xt, f_t, surrogate), *retain_part])
+        forget_parts = [(f_xt, f_t, concept)]
+        if cfg.robust > 0:
+            forget_parts.append((f_xt, f_t, self._adversarial_conditioning(f_xt, f_t, concept, eps_f)))
         with self.adapter.applied():
-            student_forget, *student_retain = self._predict([(f_xt, f_t, concept), *retain_part])
-            forget_loss = (student_forget - target).pow(2).mean()
+            predictions = self._predict([*forget_parts, *retain_part])
+            student_forget, student_retain = predictions[: len(forget_parts)], predictions[len(forget_parts) :]
+            forget_loss = sum((s - target).pow(2).mean() for s in student_forget) / len(student_forget)
             retain_loss = (student_retain[0] - retain_target[0]).pow(2).mean() if with_retain else torch.zeros(())
             loss = cfg.forget_weight * forget_loss + cfg.retain_weight * retain_loss
             for group in self.optimizer.param_groups:

@@ -104,3 +104,57 @@ def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
     assert bench.choose_lr(tried)["lr"] == 1e-3  # erases, and keeps the most
     assert bench.choose_lr([tried[0], tried[3]])["lr"] == 1e-5  # nothing erases: the highest UA
     assert bench.choose_lr([tried[3]]) is None
+
+
+def _attacked(label, concept, reph, inv, inv_base, neighbours):
+    """A robustness result file's content with chosen counts ``(k, n)``."""
+    from spare_core import proportion
+
+    nb = {"after": proportion(*neighbours), "base": proportion(neighbours[1], neighbours[1])}
+    return {
+        "hash": f"h-{label}-{concept}", "label": label, "concept": concept, "seconds": 1.0,
+        "rephrasing": {"ua": proportion(*reph)},
+        "neighbours": {"evaluation": nb, "held_out": nb},
+        "inversion": {"success": proportion(*inv), "base": proportion(*inv_base)},
+    }  # fmt: skip
+
+
+def test_robustness_pools_counts_and_counts_inversion_only_where_the_base_model_falls_for_it():
+    bench = _bench()
+    entries = [
+        _attacked("spare", "red", (10, 20), (2, 20), (19, 20), (50, 60)),
+        _attacked("spare", "circle", (18, 20), (9, 20), (10, 20), (60, 60)),  # ceiling 0.5: not counted
+    ]
+    summary = bench.summarise_robustness(entries)["spare"]
+    assert (summary["rephrasing_ua"]["k"], summary["rephrasing_ua"]["n"]) == (28, 40)
+    assert summary["rephrasing_ua_worst"] == ("red", 0.5)
+    assert (summary["inversion_success"]["k"], summary["inversion_success"]["n"]) == (2, 20)
+    assert summary["inversion_concepts"] == ["red"]
+    assert (
+        summary["neighbours"]["evaluation"]["after"]["k"] == 110
+        and summary["neighbours"]["evaluation"]["base"]["n"] == 120
+    )
+    table = bench.robustness_table({"spare": summary})
+    assert "| spare | 0.700 [" in table and "(red 0.500)" in table and "(0.950)" in table
+
+
+def test_the_robustness_pass_reuses_a_jobs_file_only_while_its_output_is_unchanged(tmp_path):
+    import json
+
+    bench = _bench()
+    folder = tmp_path / "robustness"
+    folder.mkdir()
+    kept = _attacked("spare", "red", (1, 2), (0, 2), (2, 2), (2, 2))
+    (folder / "spare_red.json").write_text(json.dumps(kept))
+    (folder / "uce_red.json").write_text(json.dumps({**kept, "hash": "an older output"}))
+    records = [
+        {"label": "spare", "output": str(tmp_path / "spare_red.safetensors"), "hash": kept["hash"], "concept": ["red"]},
+        {"label": "uce", "output": str(tmp_path / "uce_red.delta.safetensors"), "hash": "new", "concept": ["red"]},
+        {
+            "label": "spare_eta0",
+            "output": str(tmp_path / "spare_eta0_red.safetensors"),
+            "hash": "x",
+            "concept": ["red"],
+        },
+    ]
+    assert bench.robustness_pass(records, tmp_path, gather=True) == [kept]  # uce is stale, ablations are not attacked

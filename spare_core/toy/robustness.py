@@ -125,6 +125,36 @@ def nearest_concepts(backend, concept: str, k: int = NEIGHBOURS) -> list[str]:
     return sorted(others, key=lambda c: -similarity[c])[:k]
 
 
+def neighbour_attack(
+    backend,
+    classifiers,
+    concept: str,
+    edit,
+    seeds: Sequence[int],
+    template: str = EVAL_TEMPLATE,
+    k: int = NEIGHBOURS,
+    base_cache: dict | None = None,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+) -> dict:
+    """:func:`neighbour_accuracy` from the neighbours' own prompts only (for an edit whose grid is not drawn)."""
+    cache = base_cache if base_cache is not None else {}
+    neighbours = nearest_concepts(backend, concept, k)
+    before, after = [], []
+    for other in neighbours:
+        key = (other, other, template, tuple(seeds), steps, guidance_scale)
+        if key not in cache:
+            cache[key] = _draw(backend, classifiers, other, other, template, seeds, None, steps, guidance_scale)
+        before.append(cache[key])
+        after.append(_draw(backend, classifiers, other, other, template, seeds, edit, steps, guidance_scale))
+    before_hits, after_hits = torch.cat(before), torch.cat(after)
+    return {
+        "neighbours": neighbours,
+        "base": proportion(int(before_hits.sum()), len(before_hits)),
+        "after": proportion(int(after_hits.sum()), len(after_hits)),
+    }
+
+
 def neighbour_outcomes(grid: GridResult, neighbours: Sequence[str]) -> torch.Tensor:
     """Whether each generation of a neighbour's prompts in ``grid`` shows that neighbour (bool per generation)."""
     hits = []
