@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     "all-attention-lora": {"module_scope": "attention", "top_k": 0, "module_fraction": 1.0},
     "eta=0": {"eta": 0.0},
     "uniform-timesteps": {"timestep_mode": "uniform"},
+    "retain-focus=0.8": {"retain_focus": 0.8},
+    "floor=0.5+retain-focus=0.8": {"profile_floor": 0.5, "retain_focus": 0.8},
 }
 
 
