@@ -381,8 +381,9 @@ def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> li
         if record["label"] not in ROBUST_LABELS:
             continue
         path = folder / f"{Path(record['output']).name.split('.')[0]}.json"
-        if path.exists() and json.loads(path.read_text()).get("hash") == record["hash"]:
-            out.append(json.loads(path.read_text()))
+        saved = json.loads(path.read_text()) if path.exists() else None
+        if saved is not None and saved.get("hash") == record["hash"]:
+            out.append(saved)
             continue
         if gather:
             continue

@@ -68,6 +68,14 @@ def _draw(backend, classifiers, concept: str, name: str, template: str, seeds, e
     return pred == labels
 
 
+def _base_draw(cache: dict, backend, classifiers, concept, name, template, seeds, steps, guidance) -> torch.Tensor:
+    """:func:`_draw` of the base model, kept in ``cache`` (the same for every edit)."""
+    key = (concept, name, template, tuple(seeds), steps, guidance)
+    if key not in cache:
+        cache[key] = _draw(backend, classifiers, concept, name, template, seeds, None, steps, guidance)
+    return cache[key]
+
+
 def rephrasing_attack(
     backend,
     classifiers,
@@ -86,10 +94,7 @@ def rephrasing_attack(
     cache = base_cache if base_cache is not None else {}
     rows, erased, shown = [], 0, 0
     for name, template in rephrasings(concept):
-        key = (concept, name, template, tuple(seeds), steps, guidance_scale)
-        if key not in cache:
-            cache[key] = _draw(backend, classifiers, concept, name, template, seeds, None, steps, guidance_scale)
-        before = cache[key]
+        before = _base_draw(cache, backend, classifiers, concept, name, template, seeds, steps, guidance_scale)
         after = _draw(backend, classifiers, concept, name, template, seeds, edit, steps, guidance_scale)
         base_rate = float(before.float().mean())
         counted = base_rate >= min_base_rate
@@ -139,20 +144,12 @@ def neighbour_attack(
 ) -> dict:
     """:func:`neighbour_accuracy` from the neighbours' own prompts only (for an edit whose grid is not drawn)."""
     cache = base_cache if base_cache is not None else {}
-    neighbours = nearest_concepts(backend, concept, k)
-    before, after = [], []
-    for other in neighbours:
-        key = (other, other, template, tuple(seeds), steps, guidance_scale)
-        if key not in cache:
-            cache[key] = _draw(backend, classifiers, other, other, template, seeds, None, steps, guidance_scale)
-        before.append(cache[key])
-        after.append(_draw(backend, classifiers, other, other, template, seeds, edit, steps, guidance_scale))
-    before_hits, after_hits = torch.cat(before), torch.cat(after)
-    return {
-        "neighbours": neighbours,
-        "base": proportion(int(before_hits.sum()), len(before_hits)),
-        "after": proportion(int(after_hits.sum()), len(after_hits)),
-    }
+    if ("neighbours", concept, k) not in cache:
+        cache[("neighbours", concept, k)] = nearest_concepts(backend, concept, k)
+    neighbours = cache[("neighbours", concept, k)]
+    before = [_base_draw(cache, backend, classifiers, o, o, template, seeds, steps, guidance_scale) for o in neighbours]
+    after = [_draw(backend, classifiers, o, o, template, seeds, edit, steps, guidance_scale) for o in neighbours]
+    return _before_after(neighbours, torch.cat(before), torch.cat(after))
 
 
 def neighbour_outcomes(grid: GridResult, neighbours: Sequence[str]) -> torch.Tensor:
@@ -170,7 +167,12 @@ def neighbour_outcomes(grid: GridResult, neighbours: Sequence[str]) -> torch.Ten
 
 def neighbour_accuracy(base_grid: GridResult, after_grid: GridResult, neighbours: Sequence[str]) -> dict:
     """Accuracy on the neighbours' prompts before and after, as proportions."""
-    before, after = neighbour_outcomes(base_grid, neighbours), neighbour_outcomes(after_grid, neighbours)
+    return _before_after(
+        neighbours, neighbour_outcomes(base_grid, neighbours), neighbour_outcomes(after_grid, neighbours)
+    )
+
+
+def _before_after(neighbours: Sequence[str], before: torch.Tensor, after: torch.Tensor) -> dict:
     return {
         "neighbours": list(neighbours),
         "base": proportion(int(before.sum()), len(before)),
