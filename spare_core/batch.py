@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SETTINGS_BY_NAME, ErasureConfig, SettingsError, pair_concepts
+from .config import SETTINGS_BEFORE_THEY_EXISTED, ErasureConfig, SettingsError, pair_concepts
 from .errors import describe_error
 from .fileio import write_json
 
@@ -52,8 +52,21 @@ HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 60.0
 #: Metadata key of an output file that holds its job's settings hash.
 JOB_HASH_KEY = "spare_job_hash"
-#: Settings added after job hashes were first written: left out of a hash while at their default.
-LATER_SETTINGS = ("robust", "retain_focus")
+#: Settings added after job hashes were first written: left out of a hash while at the value that
+#: reproduces the runs made before they existed (``SETTINGS_BEFORE_THEY_EXISTED``), so those keep their hash.
+LATER_SETTINGS = ("robust", "retain_focus", "preserve_weight")
+#: The settings a baseline never reads (SPARE's saliency, timesteps and training), with the values its hash
+#: was first written with: a baseline's hash holds these, so that a change of SPARE's defaults does not
+#: make finished baseline jobs run again. ``lr`` and ``steps`` given in a baseline job's settings are its
+#: overrides and are hashed as given.
+BASELINE_HASHED_AS: dict[str, Any] = {
+    "saliency_mode": "denoise", "module_scope": "text", "top_k": 12, "module_fraction": 0.0,
+    "channel_fraction": 1.0, "saliency_batches": 4, "timestep_mode": "profile", "profile_points": 20,
+    "profile_gamma": 1.0, "profile_floor": 0.2, "profile_contrast": True, "rank": 4, "alpha": 4.0,
+    "steps": 120, "batch_size": 8, "lr": 0.006, "weight_decay": 0.0, "grad_clip": 1.0,
+    "gradient_checkpointing": False, "eta": 1.0, "forget_weight": 1.0, "retain_weight": 1.0,
+}  # fmt: skip
+BASELINE_OVERRIDES = ("lr", "steps")
 
 
 class BatchError(ValueError):
@@ -79,12 +92,17 @@ class BatchJob:
     def settings_hash(self, model: str) -> str:
         """What decides the job's output: method, model, concepts and every setting.
 
-        A setting added after hashes were first written (:data:`LATER_SETTINGS`) is left out while it is
-        at its default, so that outputs made before it existed keep their hash.
+        A setting added after hashes were first written (:data:`LATER_SETTINGS`) is left out while it has
+        the value of the runs made before it existed, so that their outputs keep their hash. A baseline's
+        hash holds the settings it never reads at fixed values (:data:`BASELINE_HASHED_AS`).
         """
         config = json.loads(self.config(model).to_json())
+        if self.method != "spare":
+            for name, value in BASELINE_HASHED_AS.items():
+                if not (name in BASELINE_OVERRIDES and name in self.settings):
+                    config[name] = value
         for name in LATER_SETTINGS:
-            if config.get(name) == SETTINGS_BY_NAME[name].default:
+            if self.method != "spare" or config.get(name) == SETTINGS_BEFORE_THEY_EXISTED[name]:
                 config.pop(name, None)
         text = json.dumps({"method": self.method, "config": config}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -32,7 +32,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Settings added after files were first written, with the value that reproduces
 #: those older files' runs (``spare erase --from`` on an older LoRA).
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"surrogate_images_per_prompt": 0, "robust": 0.0, "retain_focus": 0.0}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {
+    "surrogate_images_per_prompt": 0,
+    "robust": 0.0,
+    "retain_focus": 0.0,
+    "preserve_weight": 0.0,
+}
 
 
 class SettingsError(ValueError):
@@ -306,7 +311,7 @@ class ErasureConfig:
         aliases=("--gamma",),
     )
     profile_floor: float = _setting(
-        0.2,
+        0.5,
         "float",
         "uniform share mixed into p(t)",
         minimum=0.0,
@@ -357,14 +362,24 @@ class ErasureConfig:
         maximum=2.0,
     )
     forget_weight: float = _setting(1.0, "float", "weight of the forget term", minimum=0.0, maximum=1e3, advanced=True)
-    retain_weight: float = _setting(1.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
+    retain_weight: float = _setting(2.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
     retain_focus: float = _setting(
-        0.0,
+        0.8,
         "float",
         "share of retain draws given to the retain prompts nearest the concept in the text encoder's states "
         "(its neighbours and the surrogate, which an erasure most easily drags along); 0: uniform",
         minimum=0.0,
         maximum=1.0,
+        advanced=True,
+    )
+    preserve_weight: float = _setting(
+        0.0,
+        "float",
+        "weight of the text-state preservation term: the adapter's change to what the prompt-reading modules "
+        "compute from the retain and surrogate prompts' token states, relative to their own output (UCE's "
+        "preservation term as a penalty; costs no model pass); 0: off",
+        minimum=0.0,
+        maximum=1e4,
         advanced=True,
     )
     seed: int = _setting(0, "int", "seed of every random draw", minimum=0, maximum=2**31 - 1)

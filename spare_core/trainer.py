@@ -7,7 +7,10 @@ Teacher: the same model with the adapter detached. Per step:
   self-distillation; eta 1: ESD's target with the surrogate as reference);
   optional images of the surrogate prompts join the forget latents, with eta 0;
 * retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents;
-* ``loss = w_f * forget + w_r * retain``; AdamW, cosine schedule, gradient clipping;
+* preserve (``preserve_weight > 0``): the adapter's relative change to what the
+  prompt-reading modules compute from the retain and surrogate prompts' token
+  states (:mod:`spare_core.preservation`; no model pass);
+* ``loss = w_f * forget + w_r * retain + w_p * preserve``; AdamW, cosine schedule, gradient clipping;
 * robust mode (``robust > 0``): the forget term is the mean of the term above
   and the same term with ``c_f`` replaced by adversarial text states
   ``c_f + delta`` that bring the concept back (:meth:`SelfDistillationTrainer._adversarial_conditioning`).
@@ -40,6 +43,7 @@ from .checkpoint import load_optimizer_tensors, optimizer_tensors
 from .config import ErasureConfig
 from .events import ErasureCancelled, Monitor
 from .fileio import save_safetensors
+from .preservation import TextStatePreservation
 from .timesteps import TimestepSampler
 
 logger = logging.getLogger(__name__)
@@ -158,6 +162,12 @@ def retain_sampling_weights(
     return per_latent / counts[data.retain_prompt_index]  # a prompt's share, split over its latents
 
 
+def preserved_states(data: TrainingData) -> torch.Tensor:
+    """The token states the preservation term keeps: every retain prompt's and every surrogate prompt's."""
+    states = [data.retain_cond.hidden_states, data.surrogate_cond.hidden_states]
+    return torch.cat([s.reshape(-1, s.shape[-1]).float() for s in states])
+
+
 class SelfDistillationTrainer:
     """Trains ``adapter`` on ``backend`` with the SPARE objective.
 
@@ -191,6 +201,9 @@ class SelfDistillationTrainer:
             else None
         )  # fmt: skip
         self.forget_latents, self.forget_prompt_index = data.forget_pool()
+        self.preservation = (
+            TextStatePreservation(adapter, preserved_states(data)) if config.preserve_weight > 0 else None
+        )
         self.concept_images = len(data.forget_latents)
         self.step = 0
         self.history = TrainingHistory()
@@ -294,6 +307,8 @@ class SelfDistillationTrainer:
             forget_loss = sum((s - target).pow(2).mean() for s in student_forget) / len(student_forget)
             retain_loss = (student_retain[0] - retain_target[0]).pow(2).mean() if with_retain else torch.zeros(())
             loss = cfg.forget_weight * forget_loss + cfg.retain_weight * retain_loss
+            if self.preservation is not None:
+                loss = loss + cfg.preserve_weight * self.preservation.loss()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_schedule(self.step, cfg.steps, cfg.lr)
             self.optimizer.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ from spare_core import ConceptPair, ErasureConfig
 from spare_core.backend import Conditioning
 from spare_core.baselines.methods import method_modules
 from spare_core.batch import LATER_SETTINGS, parse_jobs
+from spare_core.config import SETTINGS_BEFORE_THEY_EXISTED
 from spare_core.timesteps import TimestepSampler
 from spare_core.trainer import SelfDistillationTrainer, TrainingData, constant_lr
 from spare_core.weight_delta import WeightDelta
@@ -80,16 +81,18 @@ def test_robust_mode_averages_the_forget_term_over_the_prompt_and_its_adversaria
     assert max(moved) > 0  # the update differs too
 
 
-def test_a_job_hash_leaves_out_a_later_setting_at_its_default(tmp_path):
-    entry = {"concept": "red", "surrogate": "plain", "settings": {"steps": 3}, "output": "red.safetensors"}
+def test_a_job_hash_leaves_out_a_later_setting_at_the_value_of_the_runs_before_it(tmp_path):
+    old_values = {name: SETTINGS_BEFORE_THEY_EXISTED[name] for name in LATER_SETTINGS}
+    entry = {"concept": "red", "surrogate": "plain", "settings": {"steps": 3, **old_values}, "output": "red.safetensors"}
     (job,) = parse_jobs([entry], tmp_path)
     config = json.loads(job.config("toy").to_json())
     for name in LATER_SETTINGS:  # the hash a job had before these settings existed
-        assert config.pop(name) == 0.0
+        config.pop(name)
     before = hashlib.sha256(json.dumps({"method": "spare", "config": config}, sort_keys=True).encode()).hexdigest()
     assert job.settings_hash("toy") == before[:16]
-    (robust,) = parse_jobs([{**entry, "settings": {"steps": 3, "robust": 0.3}}], tmp_path)
-    assert robust.settings_hash("toy") != job.settings_hash("toy")
+    for name in LATER_SETTINGS:  # any other value is a different run
+        changed = {**entry, "settings": {**entry["settings"], name: 0.3}}
+        assert parse_jobs([changed], tmp_path)[0].settings_hash("toy") != job.settings_hash("toy")
 
 
 def _states(rows) -> Conditioning:

@@ -235,6 +235,8 @@ def run_baseline(
         batch_size=method.batch_size,
         eta=method.eta,
         retain_weight=0.0,
+        preserve_weight=0.0,
+        robust=0.0,
         weight_decay=0.0,
         grad_clip=0.0,
         timestep_mode="uniform",
