@@ -89,12 +89,14 @@ ABLATIONS: dict[str, dict] = {
     "spare_per_channel": {"channel_fraction": 0.25},
     "spare_uniform_timesteps": {"timestep_mode": "uniform"},
     "spare_eta0": {"eta": 0.0},
+    # Not an ablation: SPARE's robust mode, attacked like the defaults (added last, so no job moves).
+    "spare_robust": {"robust": 0.3},
 }
 BASELINE_ORDER = ("esd_x", "esd_u", "esd_x_anchor", "esd_u_anchor", "esd_x_noised", "esd_u_noised", "leco", "uce")
 QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
 #: The methods attacked (SPARE's defaults and every baseline), and the base-model inversion success from which
 #: a concept's attack counts (an attack that fails on the base model says nothing about an erasure).
-ROBUST_LABELS = ("spare", *BASELINE_ORDER)
+ROBUST_LABELS = ("spare", *BASELINE_ORDER, "spare_robust")
 INVERSION_CEILING = 0.9
 #: Every row label, in the table's order (also the order of the jobs in the work folder).
 ALL_LABELS = ("spare", *BASELINE_ORDER, *ABLATIONS)
@@ -438,6 +440,9 @@ def summarise_robustness(entries: list[dict]) -> dict:
                        "base": _pool([e["neighbours"][name]["base"] for e in rows])}
                 for name in TEMPLATES
             },
+            "neighbours_held_out_worst": min(
+                ((e["concept"], e["neighbours"]["held_out"]["after"]["value"]) for e in rows), key=lambda t: t[1]
+            ),
             "per_concept": {e["concept"]: {k: e[k] for k in ("rephrasing", "neighbours", "inversion")} for e in rows},
         }  # fmt: skip
         methods[label] = entry
@@ -453,8 +458,9 @@ def _pool(entries: list[dict]) -> dict | None:
 
 def robustness_table(robustness: dict) -> str:
     lines = [
-        "| method | UA on rephrasings (worst concept) | inversion success (base) | neighbour accuracy (base) |",
-        "|---|---|---|---|",
+        "| method | UA on rephrasings (worst concept) | inversion success (base) | neighbour accuracy (base) "
+        "| held-out neighbour accuracy (worst concept) |",
+        "|---|---|---|---|---|",
     ]
     for label, m in robustness.items():
         reph = m["rephrasing_ua"]
@@ -463,8 +469,13 @@ def robustness_table(robustness: dict) -> str:
         )
         inv, inv_base = m["inversion_success"], m["inversion_base"]
         inv_text = f"{_ci(inv)} ({inv_base['value']:.3f})" if inv else "– (no concept's ceiling reaches 0.9)"
-        nb = m["neighbours"]["evaluation"]
-        lines.append(f"| {label} | {_ci(reph)}{worst} | {inv_text} | {_ci(nb['after'])} ({nb['base']['value']:.3f}) |")
+        nb, held = m["neighbours"]["evaluation"], m["neighbours"]["held_out"]
+        held_worst = m.get("neighbours_held_out_worst")
+        held_text = f"{_ci(held['after'])}" + (f" ({held_worst[0]} {held_worst[1]:.3f})" if held_worst else "")
+        lines.append(
+            f"| {label} | {_ci(reph)}{worst} | {inv_text} | {_ci(nb['after'])} ({nb['base']['value']:.3f}) "
+            f"| {held_text} |"
+        )
     return "\n".join(lines) + "\n"
 
 

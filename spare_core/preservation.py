@@ -48,9 +48,9 @@ class TextStatePreservation:
             if TEXT_READING_MODULE.search(name)
         ]
         self.states = states.detach().reshape(-1, states.shape[-1])
-        with torch.no_grad():
+        with torch.no_grad():  # plain numbers: no tensor made here (perhaps under inference_mode) enters autograd
             self.energy = [
-                module(self.states.to(module.weight.dtype)).float().pow(2).mean().clamp_min(1e-12)
+                max(module(self.states.to(module.weight.dtype)).float().pow(2).mean().item(), 1e-12)
                 for _, module in self.targets
             ]
 
@@ -62,8 +62,10 @@ class TextStatePreservation:
         """The mean relative change energy over the text-reading targets (differentiable in the edit)."""
         if not self.targets:
             return torch.zeros(())
+        # States made under inference_mode (ComfyUI runs nodes there) cannot be saved for backward.
+        states = self.states.clone() if self.states.is_inference() else self.states
         terms = [
-            self.edit._change(index, module, self.states).float().pow(2).mean() / energy
+            self.edit._change(index, module, states).float().pow(2).mean() / energy
             for (index, module), energy in zip(self.targets, self.energy, strict=True)
         ]
         return torch.stack(terms).mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from spare_core import ConceptPair
@@ -136,6 +137,8 @@ def test_robustness_pools_counts_and_counts_inversion_only_where_the_base_model_
     )
     table = bench.robustness_table({"spare": summary})
     assert "| spare | 0.700 [" in table and "(red 0.500)" in table and "(0.950)" in table
+    assert summary["neighbours_held_out_worst"] == ("red", pytest.approx(50 / 60, abs=1e-4))
+    assert table.rstrip().endswith("(red 0.833) |")  # the held-out column names its worst concept
 
 
 def test_the_robustness_pass_reuses_a_jobs_file_only_while_its_output_is_unchanged(tmp_path):

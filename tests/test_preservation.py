@@ -52,6 +52,19 @@ def test_the_penalty_is_each_text_modules_relative_change_energy_averaged():
     assert not TextStatePreservation(only_self_attention, states).active
 
 
+def test_the_penalty_trains_on_states_made_under_inference_mode():
+    # ComfyUI runs its nodes under torch.inference_mode(): the states and the penalty are made there.
+    model = nn.Module()
+    model.block = _Block()
+    lora = SparseLoRA(model, ["block.attn2.to_k"], rank=2)
+    nn.init.normal_(lora.branches[0].up)
+    with torch.inference_mode():
+        penalty = TextStatePreservation(lora, torch.randn(2, 3, 6))
+    with torch.inference_mode(False):
+        penalty.loss().backward()
+    assert lora.branches[0].down.grad.abs().sum() > 0
+
+
 def _change_on_retain(backend, preserve_weight: float) -> float:
     """The adapter's relative change on the retain prompts' states after a few steps of erasing ``red``."""
     styles = ("red", "blue")

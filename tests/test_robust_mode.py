@@ -116,3 +116,26 @@ def test_retain_focus_draws_the_retain_prompts_nearest_the_concept_more_often():
     assert focused.sum().item() == pytest.approx(1.0)
     assert focused.argmax().item() == 0 and focused[0] > 0.5  # the neighbour of the concept
     assert focused[3] == pytest.approx(0.5 / 4, abs=1e-3)  # the opposite prompt keeps its uniform share
+
+
+class _RemovedTable(dict):
+    """Stands in for the toy world's table of other names: any read fails the test."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("robust mode read the toy world's table of synonyms")
+
+    __getitem__ = get = keys = values = items = __iter__ = __contains__ = __len__ = _refuse
+
+
+def test_robust_mode_erases_without_the_toy_worlds_synonym_table(toy_backend, monkeypatch):
+    from spare_core import erase
+    from spare_core.toy import world
+
+    monkeypatch.setattr(world, "ALTERNATIVE_NAMES", _RemovedTable())
+    config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(
+        robust=0.3, steps=2, images_per_prompt=1, surrogate_images_per_prompt=0, retain_images=4, sample_steps=2,
+        saliency_batches=1, profile_points=2, batch_size=2, top_k=2,
+    )  # fmt: skip
+    result = erase(toy_backend, config)
+    assert result.history is not None and len(result.history.forget_losses) == 2
+    assert any(b.up.abs().sum() > 0 for b in result.adapter.branches)  # it trained
