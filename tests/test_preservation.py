@@ -67,9 +67,8 @@ def test_the_penalty_trains_on_states_made_under_inference_mode():
 
 def _change_on_retain(backend, preserve_weight: float) -> float:
     """The adapter's relative change on the retain prompts' states after a few steps of erasing ``red``."""
-    styles = ("red", "blue")
-    concept = backend.encode_prompts([f"a circle in {s} style" for s in styles[:1]] * 2)
-    surrogate = backend.encode_prompts(["a circle in plain style"] * 2)
+    concept = backend.encode_prompts(["a circle in red style", "a star in red style"])
+    surrogate = backend.encode_prompts(["a circle in plain style", "a star in plain style"])
     retain = backend.encode_prompts(["a circle in blue style", "a star in blue style"])
     gen = torch.Generator().manual_seed(1)
     latents = torch.randn((4, *backend.latent_shape), generator=gen)

@@ -83,7 +83,12 @@ def test_robust_mode_averages_the_forget_term_over_the_prompt_and_its_adversaria
 
 def test_a_job_hash_leaves_out_a_later_setting_at_the_value_of_the_runs_before_it(tmp_path):
     old_values = {name: SETTINGS_BEFORE_THEY_EXISTED[name] for name in LATER_SETTINGS}
-    entry = {"concept": "red", "surrogate": "plain", "settings": {"steps": 3, **old_values}, "output": "red.safetensors"}
+    entry = {
+        "concept": "red",
+        "surrogate": "plain",
+        "settings": {"steps": 3, **old_values},
+        "output": "red.safetensors",
+    }
     (job,) = parse_jobs([entry], tmp_path)
     config = json.loads(job.config("toy").to_json())
     for name in LATER_SETTINGS:  # the hash a job had before these settings existed
