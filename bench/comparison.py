@@ -470,8 +470,8 @@ def robustness_table(robustness: dict) -> str:
         inv, inv_base = m["inversion_success"], m["inversion_base"]
         inv_text = f"{_ci(inv)} ({inv_base['value']:.3f})" if inv else "– (no concept's ceiling reaches 0.9)"
         nb, held = m["neighbours"]["evaluation"], m["neighbours"]["held_out"]
-        held_worst = m.get("neighbours_held_out_worst")
-        held_text = f"{_ci(held['after'])}" + (f" ({held_worst[0]} {held_worst[1]:.3f})" if held_worst else "")
+        held_worst = m["neighbours_held_out_worst"]
+        held_text = f"{_ci(held['after'])} ({held_worst[0]} {held_worst[1]:.3f})"
         lines.append(
             f"| {label} | {_ci(reph)}{worst} | {inv_text} | {_ci(nb['after'])} ({nb['base']['value']:.3f}) "
             f"| {held_text} |"

@@ -112,10 +112,10 @@ def forget_target(
     return eps_surrogate - eta_per_sample * (eps_concept - eps_surrogate)
 
 
-#: Robust mode: signed-gradient steps that find the adversarial text states of a step, and each one's size
-#: as a share of the radius (two steps of 0.75 can reach the radius's corners).
 #: Temperature of the retain focus's softmax over cosine similarities (see ``retain_sampling_weights``).
 RETAIN_FOCUS_TEMPERATURE = 0.1
+#: Robust mode: signed-gradient steps that find the adversarial text states of a step, and each one's size
+#: as a share of the radius (two steps of 0.75 can reach the radius's corners).
 ADVERSARIAL_STEPS = 2
 ADVERSARIAL_STEP_SHARE = 0.75
 
