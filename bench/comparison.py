@@ -20,7 +20,8 @@ Protocol (the same for every method):
 * UA along training: every 10 steps on a fixed sample (the concept's 6
   prompts x 2 probe seeds), off the clock, until it first reads >= 0.99.
   "Seconds to UA 0.99" is the whole erase's time (image sets, profile, saliency and training, as each method
-  needs them) at the first probe that reads UA >= 0.99; a method that never
+  needs them: the ESD variants on noised images draw only the concept's images, the one set they train on)
+  at the first probe that reads UA >= 0.99; a method that never
   gets there within its published steps reports its whole time as a lower bound.
 * Better/worse: a paired bootstrap of the difference to SPARE, generation by
   generation on the same prompts and seeds; "better" only where its 95 %

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 DATA_SEED_BASE = 1_000_000
 #: Where each set's seeds start, after DATA_SEED_BASE + seed * 10_000 (fixed: caches and the bench rely on them).
 SET_SEED_OFFSETS = {"forget": 0, "surrogate": 2_500, "retain": 5_000}
+#: The image sets stage 0 draws: the concept's, its surrogate's, and what must not change.
+SET_KINDS = ("forget", "surrogate", "retain")
 #: The model-level settings every stage applies to the backend first (``backend.configure``, contract item 9).
 MODEL_SETTINGS = ("resolution", "prediction")
 #: The settings that decide which modules a saliency selects (checked when a saved saliency is reused).
@@ -162,6 +164,7 @@ def prepare_sets(
     on_event: EventCallback | None = None,
     cancel: CancelToken | None = None,
     forget_images: torch.Tensor | None = None,
+    kinds: Collection[str] = SET_KINDS,
 ) -> ErasureSets:
     """Stage 0: the prompt set, and the forget, surrogate and retain images as latents.
 
@@ -172,8 +175,13 @@ def prepare_sets(
     ``config.generation_batch_size``, all at ``config.resolution`` (0: the
     model's native size). With ``cache_dir`` each drawn set is
     kept, keyed by everything that shapes it, and re-used; a cancelled run
-    leaves no partial set there.
+    leaves no partial set there. ``kinds`` limits what is drawn (a set left
+    out is empty): a method that trains on the forget images alone draws no
+    other, so its clock holds nothing it does not use.
     """
+    unknown = set(kinds) - set(SET_KINDS)
+    if unknown or "forget" not in kinds:
+        raise ValueError(f"kinds must include 'forget' and name only {', '.join(SET_KINDS)}; got {sorted(kinds)}")
     if forget_images is not None and config.forget_image_dir:
         raise ValueError("give your forget images either as forget_images or as forget_image_dir, not both")
     config.validate()
@@ -183,11 +191,14 @@ def prepare_sets(
     own = _users_images(backend, config, forget_images)
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
     plan = [("forget", prompts.forget, config.images_per_prompt)]
-    if config.surrogate_images_per_prompt > 0:
+    if config.surrogate_images_per_prompt > 0 and "surrogate" in kinds:
         plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt))
-    plan.append(("retain", prompts.retain, per_retain))
+    if "retain" in kinds:
+        plan.append(("retain", prompts.retain, per_retain))
+    else:
+        own.pop("retain", None)
     drawer = _SetDrawer(backend, config, monitor, sum(len(p) * n for kind, p, n in plan if kind not in own))
-    monitor.emit("data", 0, drawer.total, message="drawing the forget, surrogate and retain images")
+    monitor.emit("data", 0, drawer.total, message=f"drawing the {', '.join(kind for kind, _, _ in plan)} images")
     tensors: dict[str, torch.Tensor] = {}
     for kind, prompt_list, per_prompt in plan:
         if kind in own:
@@ -196,6 +207,9 @@ def prepare_sets(
         else:
             latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
         tensors[f"{kind}_latents"], tensors[f"{kind}_prompt_index"] = latents, index
+    if "retain" not in kinds:
+        tensors["retain_latents"] = torch.zeros((0, *tensors["forget_latents"].shape[1:]))
+        tensors["retain_prompt_index"] = torch.zeros(0, dtype=torch.long)
     return ErasureSets(prompts, _training_data(backend, prompts, tensors))
 
 

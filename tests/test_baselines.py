@@ -210,6 +210,32 @@ def test_esd_x_runs_on_the_trainer_changes_only_its_layers_and_exports_a_delta_f
         assert all(k.endswith(".diff") for k in f.keys())
 
 
+def test_a_noised_baseline_draws_only_the_forget_images_it_trains_on(toy_backend, monkeypatch):
+    """Its clock must not hold the surrogate and retain images SPARE draws and it never reads."""
+    from spare_core.prompts import build_prompt_set
+
+    config = _config(images_per_prompt=1, sample_steps=2)
+    drawn = []
+    sample = toy_backend.sample
+
+    def counting_sample(prompts, *args, **kwargs):
+        drawn.extend(prompts)
+        return sample(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(toy_backend, "sample", counting_sample)
+    result = run_baseline(toy_backend, "esd_x_noised", config, steps=1)
+    forget = build_prompt_set(config, toy_backend.domain).forget
+    assert sorted(drawn) == sorted(forget)
+    assert result.history is not None and len(result.history.losses) == 1
+
+
+def test_preparing_sets_refuses_kinds_it_does_not_know(toy_backend):
+    from spare_core.erasure import prepare_sets
+
+    with pytest.raises(ValueError, match="kinds must include 'forget'"):
+        prepare_sets(toy_backend, _config(), kinds=("retain",))
+
+
 def test_leco_trains_a_lora_that_loads_as_one(toy_backend, tmp_path):
     from spare_core import read_lora
 

@@ -184,9 +184,10 @@ def run_baseline(
 
     The prompts are SPARE's (the forget prompts of each concept, their
     surrogate twins, the retain prompts), so every method reads the same text.
-    A method whose ``x_t`` are noised base images uses ``sets`` (drawn here
-    when not given). ``config`` supplies the concepts, the seed and the image
-    settings; the method supplies everything it trains with.
+    A method whose ``x_t`` are noised base images uses ``sets`` (when not
+    given, only the forget images are drawn here: nothing else is trained on,
+    so nothing else is on its clock). ``config`` supplies the concepts, the
+    seed and the image settings; the method supplies everything it trains with.
     """
     method = get_method(method) if isinstance(method, str) else method
     config.validate()
@@ -195,7 +196,9 @@ def run_baseline(
     steps = method.steps if steps is None else steps
     prompts = sets.prompts if sets is not None else build_prompt_set(config, domain_for(backend, domain))
     if method.x_t == "noised" and method.trained and sets is None:
-        sets = prepare_sets(backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel)
+        sets = prepare_sets(
+            backend, config, domain=domain, cache_dir=cache_dir, on_event=on_event, cancel=cancel, kinds=("forget",)
+        )
     start = time.perf_counter()
     probe_seconds = [0.0]
     denoiser = backend.denoiser()
