@@ -490,9 +490,13 @@ def markdown_table(results: dict) -> str:
         "| median s | s to UA 0.99 | trainable | file |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    widest = max((len(m["concepts"]) for m in results["methods"].values()), default=0)
+    every = len(results.get("protocol", {}).get("concepts", [])) or widest
     for label, m in results["methods"].items():
         ev = m["templates"]["evaluation"]
         held = m["templates"].get("held_out")
+        # A partial run may hold a row on some concepts only: its pooled figures are not the others' equals.
+        shown = label if len(m["concepts"]) >= every else f"{label} ({len(m['concepts'])} of {every} concepts)"
 
         def cell(e):
             return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
@@ -500,7 +504,7 @@ def markdown_table(results: dict) -> str:
         held_text = f"{held['ua']['value']:.3f} / {held['ira']['value']:.3f}" if held else "–"
         never = f" ({m['ua99_never_reached']} never: lower bound)" if m["ua99_never_reached"] else ""
         lines.append(
-            f"| {label} | {cell(ev['ua'])} | {cell(ev['ira'])} ({ev['base']['ira']['value']:.3f}) | "
+            f"| {shown} | {cell(ev['ua'])} | {cell(ev['ira'])} ({ev['base']['ira']['value']:.3f}) | "
             f"{cell(ev['cra'])} ({ev['base']['cra']['value']:.3f}) | {ev['surrogate_rate']['value']:.3f} | "
             f"{held_text} | {ev['retain_pixel_change']:.4f} | {m['seconds_median']:.1f} | "
             f"{m['seconds_to_ua99_median']:.1f}{never} | {m['trainable_parameters']:,} | "

@@ -188,17 +188,17 @@ def prepare_sets(
     configure_backend(backend, config)
     monitor = Monitor(on_event, cancel)
     prompts = build_prompt_set(config, domain_for(backend, domain))
-    own = _users_images(backend, config, forget_images)
+    own = _users_images(backend, config, forget_images, kinds)
     per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
     plan = [("forget", prompts.forget, config.images_per_prompt)]
     if config.surrogate_images_per_prompt > 0 and "surrogate" in kinds:
         plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt))
     if "retain" in kinds:
         plan.append(("retain", prompts.retain, per_retain))
-    else:
-        own.pop("retain", None)
     drawer = _SetDrawer(backend, config, monitor, sum(len(p) * n for kind, p, n in plan if kind not in own))
-    monitor.emit("data", 0, drawer.total, message=f"drawing the {', '.join(kind for kind, _, _ in plan)} images")
+    names = [kind for kind, _, _ in plan]
+    listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+    monitor.emit("data", 0, drawer.total, message=f"drawing the {listed} images")
     tensors: dict[str, torch.Tensor] = {}
     for kind, prompt_list, per_prompt in plan:
         if kind in own:
@@ -214,12 +214,13 @@ def prepare_sets(
 
 
 def _users_images(
-    backend: DiffusionBackend, config: ErasureConfig, forget_images: torch.Tensor | None
+    backend: DiffusionBackend, config: ErasureConfig, forget_images: torch.Tensor | None, kinds: Collection[str]
 ) -> dict[str, torch.Tensor]:
-    """The user's own images by set (``forget``, ``retain``), at the model's size, from folders or a batch."""
+    """The user's own images by set (``forget``, ``retain``; those in ``kinds``), at the model's size, from
+    folders or a batch."""
     own = {}
     for kind, folder in (("forget", config.forget_image_dir), ("retain", config.retain_image_dir)):
-        if folder:
+        if folder and kind in kinds:
             own[kind] = load_image_folder(folder, backend.image_size)
             logger.info("read %d %s images from %s", len(own[kind]), kind, folder)
     if forget_images is not None:

@@ -75,6 +75,11 @@ def test_methods_are_pooled_over_concepts_and_compared_with_spare_generation_by_
     points = bench.tradeoff_points(results)
     assert sorted(points["esd_x"]) == [(0.5, 0.5), (0.8, 1.0)]
 
+    # A partial run's row on fewer concepts than the table's says so.
+    partial = {"protocol": {"concepts": ["red", "blue"]}, "methods": bench.summarise(records[:3], ["spare", "esd_x"])}
+    table = bench.markdown_table(partial)
+    assert "| spare | " in table and "| esd_x (1 of 2 concepts) | 0.500" in table
+
 
 def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
     bench = _bench()
