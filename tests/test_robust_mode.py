@@ -134,9 +134,15 @@ class _RemovedTable(dict):
 
 def test_robust_mode_erases_without_the_toy_worlds_synonym_table(toy_backend, monkeypatch):
     from spare_core import erase
-    from spare_core.toy import world
+    from spare_core.toy import erasure_eval, world
 
-    monkeypatch.setattr(world, "ALTERNATIVE_NAMES", _RemovedTable())
+    # The table, the lookup built from it at import, and the evaluation's own binding of it.
+    for module, name in (
+        (world, "ALTERNATIVE_NAMES"),
+        (world, "_NAME_TO_CONCEPT"),
+        (erasure_eval, "ALTERNATIVE_NAMES"),
+    ):
+        monkeypatch.setattr(module, name, _RemovedTable())
     config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(
         robust=0.3, steps=2, images_per_prompt=1, surrogate_images_per_prompt=0, retain_images=4, sample_steps=2,
         saliency_batches=1, profile_points=2, batch_size=2, top_k=2,
