@@ -237,7 +237,7 @@ class ErasureConfig:
     )
     # ---------------------------------------------------------------- saliency
     saliency_mode: str = _setting(
-        "denoise",
+        "forget_over_retain",
         "choice",
         "what saliency measures: the plain denoising loss on forget images (denoise), the erasure objective "
         "(forget), or the erasure objective relative to retain images (forget_over_retain)",
@@ -245,7 +245,7 @@ class ErasureConfig:
         group="saliency",
     )
     module_scope: str = _setting(
-        "text",
+        "attention",
         "choice",
         "modules saliency may choose from: every Linear/Conv (all), attention projections, cross-attention "
         "projections, or the cross-attention keys and values that read the prompt (text)",
@@ -254,7 +254,7 @@ class ErasureConfig:
         aliases=("--scope",),
     )
     top_k: int = _setting(
-        12,
+        24,
         "int",
         "number of modules that carry the LoRA (0: use module_fraction instead)",
         minimum=0,

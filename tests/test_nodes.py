@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny import TINY_SETTINGS
 
-from spare_core import SETTINGS, read_lora
+from spare_core import SETTINGS, ErasureConfig, read_lora
 from spare_core.toy.erasure_eval import evaluation_grid, score
 from spare_core.toy.world import EVAL_TEMPLATE
 
@@ -88,7 +88,7 @@ def test_a_whole_erasure_through_the_nodes_erases_and_leaves_the_input_model_alo
     ).result
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= plot.min() and plot.max() <= 1
     saliency, chart = _run(comfy_double, pack["SPARE_ComputeSaliency"], **common, data=data, profile=profile).result
-    assert len(saliency.selected) == 12
+    assert len(saliency.selected) == ErasureConfig([]).top_k
     out = _run(
         comfy_double, pack["SPARE_TrainAdapter"], **common, data=data, profile=profile, saliency=saliency,
         file_name="red erased",
@@ -227,7 +227,7 @@ def test_the_train_node_takes_the_users_own_forget_images(pack, comfy_double, co
     inputs = dict(model=model, clip=clip, vae=vae, concepts="yellow", surrogates="plain", file_name="own images")
     patched, lora, curve = _run(comfy_double, pack["SPARE_TrainAdapter"], **inputs, forget_images=images,
                                 **TINY_SETTINGS).result  # fmt: skip
-    assert lora.config().concepts[0].concept == "yellow" and len(lora.layers()) == 12
+    assert lora.config().concepts[0].concept == "yellow" and len(lora.layers()) == ErasureConfig([]).top_k
     assert [p.name for p in _loras(comfy_double)] == ["own_images.safetensors"]
     data = object()
     with pytest.raises(ValueError, match="disconnect either"):

@@ -67,7 +67,7 @@ def test_a_pipeline_without_text_time_is_refused(toy_pipe):
 def test_a_tiny_erasure_writes_a_compvis_spelled_sdxl_lora(sdxl, tmp_path):
     # Every cross-attention key and value of the model (34) may carry the adapter, so that every part of the
     # UNet (input, middle and output blocks) shows up in the file.
-    config = tiny_config("yellow", "plain", top_k=40, retain_images=4)
+    config = tiny_config("yellow", "plain", module_scope="text", top_k=40, retain_images=4)
     result = erase(sdxl, config)
     lora = build_lora(result, sdxl)
     path = lora.write(tmp_path / "erased.safetensors")
