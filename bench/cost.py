@@ -8,7 +8,7 @@ timed, each method in its own subprocess so that its peak memory is its own:
 
 * ``spare``: one step of the engine's own trainer (``SelfDistillationTrainer``)
   with a ``SparseLoRA`` of the default rank on the default ``top_k`` modules of
-  the default ``module_scope`` (``text``: the cross-attention ``to_k``/``to_v``).
+  the default ``module_scope`` (``attention``: q, k, v and out of self- and cross-attention).
   The modules are the first ``top_k`` candidates, not saliency's pick (the cost
   is the same: they have the shapes saliency chooses from). Teacher: the same
   UNet with the adapter detached (no copy). Default loss: eta 1, so the teacher
