@@ -3,8 +3,11 @@
 Every method runs through ``spare batch``'s engine (``run_batch``), one job per
 method and concept, so an interrupted run resumes where it stopped (each
 finished job's output carries its settings hash; its figures are in its own
-result file). Run it alone: two torch processes on 2 cores slow each other
-about tenfold.
+result file). Each finished job's record and its attacks' results are also
+kept in ``bench/results/comparison_records/``, in the repository: the whole
+run takes longer than one machine's session, and a job recorded there with its
+present settings is not run again on any machine. Run it alone: two torch
+processes on 2 cores slow each other about tenfold.
 
 Protocol (the same for every method):
 
@@ -99,6 +102,10 @@ QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
 #: a concept's attack counts (an attack that fails on the base model says nothing about an erasure).
 ROBUST_LABELS = ("spare", *BASELINE_ORDER, "spare_robust")
 INVERSION_CEILING = 0.9
+#: Every finished job's record (its figures and every generation's outcome) and its attacks' results, kept
+#: in the repository: the whole benchmark takes longer than a machine lives, so a job recorded here with
+#: its present settings hash is not run again, on any machine.
+RECORDS = ROOT / "bench" / "results" / "comparison_records"
 #: Every row label, in the table's order (also the order of the jobs in the work folder).
 ALL_LABELS = ("spare", *BASELINE_ORDER, *ABLATIONS)
 
@@ -240,20 +247,71 @@ def build_jobs(
 
 
 def run_rows(
-    rows, folder: Path, seeds, templates, selected: set[str], allow_failed: bool = False, gather: bool = False
+    rows,
+    folder: Path,
+    seeds,
+    templates,
+    selected: set[str],
+    allow_failed: bool = False,
+    gather: bool = False,
+    kept: Path | None = None,
+    worker=None,
 ) -> list[dict]:
     """The selected rows as batch jobs; each record gets its row's label. Unless ``allow_failed``, a job
     that did not finish stops the benchmark (a re-run resumes). With ``gather``, nothing runs: the
-    finished jobs' records are read back (a partial table)."""
+    finished jobs' records are read back (a partial table).
+
+    ``kept`` is a folder of finished jobs' records that outlives the work folder (the repository's
+    :data:`RECORDS`): a job whose record there carries its settings hash is not run again, and every job
+    that finishes here is added to it. ``worker`` replaces the benchmark's own (tests).
+    """
     jobs, labels = build_jobs(rows, folder, selected)
+    archived = kept_records(jobs, kept)
+    jobs = [job for job in jobs if job.index not in archived]
     if gather:
         report = gather_batch(jobs, folder / "results")
-        return [{**r, "label": labels[r["index"]]} for r in report.jobs if r["status"] == "done" and "report" in r]
-    report = run_batch(jobs, ComparisonWorker(labels, seeds, templates), folder / "results")
-    failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
-    if failed and not allow_failed:
-        raise SystemExit(f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {failed[0].get('error')}")
-    return [{**record, "label": labels[record["index"]]} for record in report.jobs]
+        fresh = [r for r in report.jobs if r["status"] == "done" and "report" in r]
+    else:
+        report = run_batch(jobs, worker or ComparisonWorker(labels, seeds, templates), folder / "results")
+        failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
+        if failed and not allow_failed:
+            keep_records(report.jobs, kept)
+            raise SystemExit(
+                f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {failed[0].get('error')}"
+            )
+        fresh = report.jobs
+    keep_records(fresh, kept)
+    return [{**record, "label": labels[record["index"]]} for record in [*archived.values(), *fresh]]
+
+
+def _kept_path(kept: Path, record_or_job) -> Path:
+    output = record_or_job["output"] if isinstance(record_or_job, dict) else str(record_or_job.output)
+    return kept / f"{Path(output).name.split('.')[0]}.json"
+
+
+def kept_records(jobs: list[BatchJob], kept: Path | None) -> dict[int, dict]:
+    """The records in ``kept`` of those ``jobs`` that finished with their present settings hash, by job index."""
+    found: dict[int, dict] = {}
+    for job in jobs if kept is not None else []:
+        path = _kept_path(kept, job)
+        record = json.loads(path.read_text()) if path.exists() else None
+        if (
+            record
+            and record.get("status") == "done"
+            and "report" in record
+            and record.get("hash") == job.settings_hash("toy")
+        ):
+            found[job.index] = {**record, "index": job.index, "output": str(job.output)}
+        elif record:
+            print(f"{path.name}: its kept record is of other settings; the job runs again", flush=True)
+    return found
+
+
+def keep_records(records: list[dict], kept: Path | None) -> None:
+    """Add the finished ``records`` to ``kept`` (compact JSON: a record holds every generation's outcome)."""
+    for record in records if kept is not None else []:
+        if record.get("status") == "done" and "report" in record:
+            write_text(_kept_path(kept, record), json.dumps(record, separators=(",", ":")) + "\n")
 
 
 def choose_lr(tried: list[dict]) -> dict | None:
@@ -269,10 +327,14 @@ def choose_lr(tried: list[dict]) -> dict | None:
     return max(finished, key=key)
 
 
-def sweep(labels: list[str], work: Path, gather: bool = False) -> tuple[dict[str, dict], list[dict]]:
+def sweep(
+    labels: list[str], work: Path, gather: bool = False, kept: Path | None = None
+) -> tuple[dict[str, dict], list[dict]]:
     """Each trained method's learning rate, chosen on the tuning concept, and the sweep's job records."""
     rows = [(label, TUNING, default_lr(label) * f) for label in ALL_LABELS if is_trained(label) for f in LR_FACTORS]
-    records = run_rows(rows, work / "sweep", SWEEP_SEEDS, ("evaluation",), set(labels), True, gather)
+    records = run_rows(
+        rows, work / "sweep", SWEEP_SEEDS, ("evaluation",), set(labels), True, gather, kept and kept / "sweep"
+    )
     chosen: dict[str, dict] = {}
     for label in labels:
         tried = []
@@ -389,6 +451,10 @@ def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> li
             out.append(saved)
             continue
         if gather:
+            continue
+        if not Path(record["output"]).exists():  # kept from another machine, whose files are gone
+            print(f"robustness: {path.name} missing and {record['output']} gone; delete the job's kept record "
+                  "to run it again", flush=True)  # fmt: skip
             continue
         if backend is None:
             backend, classifiers = open_model("toy"), load_toy_classifiers()
@@ -528,6 +594,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--labels", nargs="+", help="methods to run (default: every method and ablation)")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "comparison", help="folder for the jobs' files")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "comparison.json")
+    p.add_argument(
+        "--records", type=Path, default=RECORDS,
+        help="folder of finished jobs' records, kept between machines (a job recorded there with its present "
+        "settings does not run again); --quick uses WORK/records",
+    )  # fmt: skip
     p.add_argument("--table", type=Path, help="print the table of a results file and exit")
     p.add_argument("--no-robustness", action="store_true", help="skip the attacks on the finished erasures")
     p.add_argument(
@@ -548,12 +619,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         concepts = [c for c in concepts if c.concept in ("red", "circle")]
     began = time.perf_counter()
-    chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work, args.gather)
+    kept = args.work / "records" if args.quick and args.records == RECORDS else args.records
+    chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work, args.gather, kept)
     rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in ALL_LABELS for pair in concepts]
     selected = {label for label in labels if args.quick or not is_trained(label) or label in chosen}
-    records = run_rows(rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather)
+    records = run_rows(
+        rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather, kept=kept / "main"
+    )
     labels = [label for label in labels if any(r["label"] == label for r in records)]
-    robust = [] if args.no_robustness else robustness_pass(records, args.work, args.gather)
+    robust = [] if args.no_robustness else robustness_pass(records, kept, args.gather)
     results = {
         "protocol": {
             "concepts": [c.concept for c in concepts],

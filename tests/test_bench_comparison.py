@@ -166,3 +166,38 @@ def test_the_robustness_pass_reuses_a_jobs_file_only_while_its_output_is_unchang
         },
     ]
     assert bench.robustness_pass(records, tmp_path, gather=True) == [kept]  # uce is stale, ablations are not attacked
+
+
+def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_are_kept(tmp_path):
+    import json
+
+    bench = _bench()
+    rows = [(label, ConceptPair("red", "plain"), None) for label in ("uce", "esd_x")]
+    jobs, _ = bench.build_jobs(rows, tmp_path / "work")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    uce, esd = jobs
+    recorded = {"index": 7, "status": "done", "hash": uce.settings_hash("toy"), "output": "elsewhere/uce_red.safetensors",
+                "report": {"from": "another machine"}}  # fmt: skip
+    (kept / "uce_red.json").write_text(json.dumps(recorded))
+    (kept / "esd_x_red.json").write_text(json.dumps({**recorded, "hash": "settings of an earlier run"}))
+    ran = []
+
+    def worker(job, job_hash, process):
+        from safetensors.torch import save_file
+
+        ran.append(job.method)
+        save_file({"w": torch.zeros(1)}, str(job.output), metadata={bench.JOB_HASH_KEY: job_hash})
+        return {"report": {"from": "here"}}
+
+    records = bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"uce", "esd_x"}, kept=kept, worker=worker)
+    assert ran == ["esd_x"]  # uce's kept record carries its hash; esd_x's is of other settings
+    by_label = {r["label"]: r for r in records}
+    assert by_label["uce"]["report"] == {"from": "another machine"}
+    assert by_label["uce"]["index"] == uce.index and by_label["uce"]["output"] == str(uce.output)
+    assert json.loads((kept / "esd_x_red.json").read_text())["report"] == {"from": "here"}
+    assert json.loads((kept / "esd_x_red.json").read_text())["hash"] == esd.settings_hash("toy")
+
+    # Gathering on a fresh machine (no work folder) reads every kept job back.
+    gathered = bench.run_rows(rows, tmp_path / "fresh", (0,), ("evaluation",), {"uce", "esd_x"}, gather=True, kept=kept)
+    assert sorted(r["label"] for r in gathered) == ["esd_x", "uce"]
