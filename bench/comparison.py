@@ -286,7 +286,7 @@ def run_rows(
 
 def _kept_path(kept: Path, record_or_job) -> Path:
     output = record_or_job["output"] if isinstance(record_or_job, dict) else str(record_or_job.output)
-    return kept / f"{Path(output).name.split('.')[0]}.json"
+    return kept / f"{Path(output).name.removesuffix('.safetensors').removesuffix('.delta')}.json"
 
 
 def kept_records(jobs: list[BatchJob], kept: Path | None) -> dict[int, dict]:
@@ -445,7 +445,7 @@ def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> li
     for record in records:
         if record["label"] not in ROBUST_LABELS:
             continue
-        path = folder / f"{Path(record['output']).name.split('.')[0]}.json"
+        path = _kept_path(folder, record)
         saved = json.loads(path.read_text()) if path.exists() else None
         if saved is not None and saved.get("hash") == record["hash"]:
             out.append(saved)

@@ -172,15 +172,15 @@ def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_ar
     import json
 
     bench = _bench()
-    rows = [(label, ConceptPair("red", "plain"), None) for label in ("uce", "esd_x")]
+    rows = [(label, ConceptPair("red", "plain"), lr) for label, lr in (("uce", None), ("esd_x", 1e-3), ("esd_x", 1e-4))]
     jobs, _ = bench.build_jobs(rows, tmp_path / "work")
     kept = tmp_path / "kept"
     kept.mkdir()
-    uce, esd = jobs
+    uce, esd, _ = jobs
     recorded = {"index": 7, "status": "done", "hash": uce.settings_hash("toy"), "output": "elsewhere/uce_red.safetensors",
                 "report": {"from": "another machine"}}  # fmt: skip
     (kept / "uce_red.json").write_text(json.dumps(recorded))
-    (kept / "esd_x_red.json").write_text(json.dumps({**recorded, "hash": "settings of an earlier run"}))
+    (kept / "esd_x_red_lr0.001.json").write_text(json.dumps({**recorded, "hash": "settings of an earlier run"}))
     ran = []
 
     def worker(job, job_hash, process):
@@ -191,13 +191,14 @@ def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_ar
         return {"report": {"from": "here"}}
 
     records = bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"uce", "esd_x"}, kept=kept, worker=worker)
-    assert ran == ["esd_x"]  # uce's kept record carries its hash; esd_x's is of other settings
+    assert ran == ["esd_x", "esd_x"]  # uce's kept record carries its hash; esd_x's is of other settings
     by_label = {r["label"]: r for r in records}
     assert by_label["uce"]["report"] == {"from": "another machine"}
     assert by_label["uce"]["index"] == uce.index and by_label["uce"]["output"] == str(uce.output)
-    assert json.loads((kept / "esd_x_red.json").read_text())["report"] == {"from": "here"}
-    assert json.loads((kept / "esd_x_red.json").read_text())["hash"] == esd.settings_hash("toy")
+    assert json.loads((kept / "esd_x_red_lr0.001.json").read_text())["report"] == {"from": "here"}
+    assert json.loads((kept / "esd_x_red_lr0.001.json").read_text())["hash"] == esd.settings_hash("toy")
+    assert (kept / "esd_x_red_lr0.0001.json").exists()  # one record per job, whatever its rate
 
     # Gathering on a fresh machine (no work folder) reads every kept job back.
     gathered = bench.run_rows(rows, tmp_path / "fresh", (0,), ("evaluation",), {"uce", "esd_x"}, gather=True, kept=kept)
-    assert sorted(r["label"] for r in gathered) == ["esd_x", "uce"]
+    assert sorted(r["label"] for r in gathered) == ["esd_x", "esd_x", "uce"]
