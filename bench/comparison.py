@@ -102,6 +102,11 @@ QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
 #: a concept's attack counts (an attack that fails on the base model says nothing about an erasure).
 ROBUST_LABELS = ("spare", *BASELINE_ORDER, "spare_robust")
 INVERSION_CEILING = 0.9
+#: The speed reference timed before every job: forward and backward passes of the toy denoiser on a fixed
+#: batch. Jobs run on different machines and days (this 2-core machine's speed has varied by 1.6x between
+#: sessions), so the table also gives each job's seconds scaled to one reference speed.
+REFERENCE_PASSES = 10
+REFERENCE_BATCH = 16
 #: Every finished job's record (its figures and every generation's outcome) and its attacks' results, kept
 #: in the repository: the whole benchmark takes longer than a machine lives, so a job recorded here with
 #: its present settings hash is not run again, on any machine.
@@ -138,6 +143,22 @@ def is_trained(label: str) -> bool:
 # --------------------------------------------------------------------------- the worker
 
 
+def speed_reference(backend) -> float:
+    """Seconds of :data:`REFERENCE_PASSES` forward and backward passes of the denoiser (the median of 3)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(REFERENCE_BATCH, *backend.latent_shape, generator=gen).to(backend.device, backend.dtype)
+    t = torch.randint(0, backend.num_train_timesteps, (REFERENCE_BATCH,), generator=gen).to(backend.device)
+    cond = backend.encode_prompts(["a reference prompt"] * REFERENCE_BATCH)
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        for _ in range(REFERENCE_PASSES):
+            x_t = x.detach().requires_grad_(True)
+            backend.predict_noise(x_t, t, cond).float().square().mean().backward()
+        times.append(time.perf_counter() - began)
+    return round(statistics.median(times), 4)
+
+
 class ComparisonWorker:
     """Erase, probe UA along training, evaluate; one per process (keeps the model and the base grids)."""
 
@@ -165,6 +186,7 @@ class ComparisonWorker:
 
     def __call__(self, job: BatchJob, job_hash: str, process: ProcessInfo) -> dict:
         self._setup()
+        reference = speed_reference(self.backend)
         label = self.labels[job.index]
         (pair,) = job.config("toy").concepts
         config = job.config("toy")
@@ -209,6 +231,7 @@ class ComparisonWorker:
             "label": label,
             "seconds": round(seconds, 2),
             "seconds_to_ua99": to_target,
+            "reference_seconds": reference,
             "ua_curve": curve,
             "trainable_parameters": trainable,
             "file_bytes": job.output.stat().st_size,
@@ -356,6 +379,7 @@ def sweep(
 def summarise(records: list[dict], labels: list[str]) -> dict:
     methods: dict[str, dict] = {}
     by_label = {label: [r for r in records if r["label"] == label] for label in labels}
+    reference = table_reference([r for rows in by_label.values() for r in rows])
     spare = sorted(by_label.get("spare", []), key=lambda r: r["concept"])
     for label, rows in by_label.items():
         if not rows:
@@ -393,6 +417,11 @@ def summarise(records: list[dict], labels: list[str]) -> dict:
             seconds_median=round(statistics.median(secs), 2),
             seconds_range=[min(secs), max(secs)],
             seconds_to_ua99_median=round(statistics.median(t["seconds"] for t in to99), 2),
+            reference_seconds_median=_median_or_none([r.get("reference_seconds") for r in rows]),
+            seconds_median_at_reference=_at_reference([(r["seconds"], r) for r in rows], reference),
+            seconds_to_ua99_median_at_reference=_at_reference(
+                [(t["seconds"], r) for t, r in zip(to99, rows, strict=True)], reference
+            ),
             ua99_never_reached=sum(t["lower_bound"] for t in to99),
             trainable_parameters=int(statistics.median(r["trainable_parameters"] for r in rows)),
             file_bytes=int(statistics.median(r["file_bytes"] for r in rows)),
@@ -401,6 +430,24 @@ def summarise(records: list[dict], labels: list[str]) -> dict:
         )
         methods[label] = entry
     return methods
+
+
+def table_reference(records: list[dict]) -> float | None:
+    """The median speed-reference time over the table's jobs that timed it: the speed every job's seconds
+    are scaled to (a method with a job that did not time it is not scaled)."""
+    return _median_or_none([r["reference_seconds"] for r in records if r.get("reference_seconds") is not None])
+
+
+def _median_or_none(values: list) -> float | None:
+    """The median, or None where a value is missing (a job recorded before the reference was timed)."""
+    return None if not values or None in values else round(statistics.median(values), 4)
+
+
+def _at_reference(pairs: list[tuple[float, dict]], reference: float | None) -> float | None:
+    """The median of seconds each scaled by ``reference`` over its job's own reference time."""
+    if reference is None or any(r.get("reference_seconds") is None for _, r in pairs):
+        return None
+    return round(statistics.median(sec * reference / r["reference_seconds"] for sec, r in pairs), 2)
 
 
 def _counts(record: dict, template: str, which: str) -> dict:
@@ -553,7 +600,7 @@ def _ci(e: dict | None) -> str:
 def markdown_table(results: dict) -> str:
     lines = [
         "| method | UA | IRA (base) | CRA (base) | surrogate | held-out UA / IRA | retained pixel change "
-        "| median s | s to UA 0.99 | trainable | file |",
+        "| median s (at reference speed) | s to UA 0.99 (at reference speed) | trainable | file |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     widest = max((len(m["concepts"]) for m in results["methods"].values()), default=0)
@@ -572,11 +619,17 @@ def markdown_table(results: dict) -> str:
         lines.append(
             f"| {shown} | {cell(ev['ua'])} | {cell(ev['ira'])} ({ev['base']['ira']['value']:.3f}) | "
             f"{cell(ev['cra'])} ({ev['base']['cra']['value']:.3f}) | {ev['surrogate_rate']['value']:.3f} | "
-            f"{held_text} | {ev['retain_pixel_change']:.4f} | {m['seconds_median']:.1f} | "
-            f"{m['seconds_to_ua99_median']:.1f}{never} | {m['trainable_parameters']:,} | "
+            f"{held_text} | {ev['retain_pixel_change']:.4f} | "
+            f"{_seconds(m['seconds_median'], m.get('seconds_median_at_reference'))} | "
+            f"{_seconds(m['seconds_to_ua99_median'], m.get('seconds_to_ua99_median_at_reference'))}{never} | "
+            f"{m['trainable_parameters']:,} | "
             f"{m['file_bytes'] / 1024:.0f} KiB |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _seconds(measured: float, at_reference: float | None) -> str:
+    return f"{measured:.1f}" + (f" ({at_reference:.1f})" if at_reference is not None else "")
 
 
 def tradeoff_points(results: dict) -> dict[str, list[tuple[float, float]]]:
@@ -638,6 +691,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lr_factors": list(LR_FACTORS) if chosen else None,
             "quick": args.quick,
             "partial": args.gather,
+            "reference_seconds": table_reference(records),
         },  # fmt: skip
         "learning_rates": chosen,
         "methods": summarise(records, labels),
