@@ -162,8 +162,9 @@ def speed_reference(backend) -> float:
 class ComparisonWorker:
     """Erase, probe UA along training, evaluate; one per process (keeps the model and the base grids)."""
 
-    def __init__(self, labels: dict[int, str], seeds, templates):
+    def __init__(self, labels: dict[int, str], seeds, templates, attacks_folder: Path | None = None):
         self.labels, self.seeds, self.templates = labels, tuple(seeds), tuple(templates)
+        self.attacks_folder = attacks_folder
         self.backend = None
 
     def _setup(self) -> None:
@@ -171,6 +172,7 @@ class ComparisonWorker:
             self.backend = open_model("toy")
             self.classifiers = load_toy_classifiers()
             self.base = BaseGrids()
+            self.attacks = Attacks(self.attacks_folder, self.backend, self.classifiers) if self.attacks_folder else None
 
     def probe_ua(self, pair: ConceptPair) -> callable:
         """UA on the concept's grid prompts x the probe seeds, with the adapter applied."""
@@ -227,6 +229,11 @@ class ComparisonWorker:
             self.backend, [pair], edit, classifiers=self.classifiers, seeds=self.seeds, templates=self.templates,
             base=self.base,
         ).as_dict(outcomes=True)  # fmt: skip
+        # Attacked at once (each job whole on its own), so that an interrupted run never leaves an erasure
+        # kept without its attacks once its output file is gone.
+        attacked = {"hash": job_hash, "label": label, "concept": [pair.concept], "output": str(job.output)}
+        if self.attacks is not None and label in ROBUST_LABELS and self.attacks.saved(attacked) is None:
+            self.attacks.attack(attacked, edit, within_job=True)
         return {
             "label": label,
             "seconds": round(seconds, 2),
@@ -279,6 +286,7 @@ def run_rows(
     gather: bool = False,
     kept: Path | None = None,
     worker=None,
+    attacks: Path | None = None,
 ) -> list[dict]:
     """The selected rows as batch jobs; each record gets its row's label. Unless ``allow_failed``, a job
     that did not finish stops the benchmark (a re-run resumes). With ``gather``, nothing runs: the
@@ -286,7 +294,9 @@ def run_rows(
 
     ``kept`` is a folder of finished jobs' records that outlives the work folder (the repository's
     :data:`RECORDS`): a job whose record there carries its settings hash is not run again, and every job
-    that finishes here is added to it. ``worker`` replaces the benchmark's own (tests).
+    that finishes here is added to it. With ``attacks`` (a folder), each job of :data:`ROBUST_LABELS`
+    attacks its erasure as it finishes and writes the results there. ``worker`` replaces the benchmark's
+    own (tests).
     """
     jobs, labels = build_jobs(rows, folder, selected)
     archived = kept_records(jobs, kept)
@@ -295,7 +305,8 @@ def run_rows(
         report = gather_batch(jobs, folder / "results")
         fresh = [r for r in report.jobs if r["status"] == "done" and "report" in r]
     else:
-        report = run_batch(jobs, worker or ComparisonWorker(labels, seeds, templates), folder / "results")
+        worker = worker or ComparisonWorker(labels, seeds, templates, attacks)
+        report = run_batch(jobs, worker, folder / "results")
         failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
         if failed and not allow_failed:
             keep_records(report.jobs, kept)
@@ -475,43 +486,39 @@ def _mean(values: list[float]) -> float:
 # --------------------------------------------------------------------------- robustness
 
 
-def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> list[dict]:
-    """The attacks on every finished main job of :data:`ROBUST_LABELS`, one result file per job.
+class Attacks:
+    """The attacks on one erasure, with the base model's readings cached (one per process), each job's
+    results written to ``folder`` under the job's output name with its settings hash.
 
     Rephrasing UA, accuracy on the two nearest neighbours (both templates, the
     evaluation seeds) and the concept-inversion attack with its pinned budget
-    (its base-model ceiling once per concept). A job whose file carries the
-    output's hash is not attacked again; with ``gather``, only those are read.
+    (its base-model ceiling once per concept).
     """
-    folder = work / "robustness"
-    folder.mkdir(parents=True, exist_ok=True)
-    backend = classifiers = None
-    cache: dict = {}
-    ceilings: dict[str, tuple] = {}
-    out = []
-    for record in records:
-        if record["label"] not in ROBUST_LABELS:
-            continue
-        path = _kept_path(folder, record)
+
+    def __init__(self, folder: Path, backend=None, classifiers=None):
+        self.folder, self.backend, self.classifiers = folder, backend, classifiers
+        self.cache: dict = {}
+        self.ceilings: dict[str, tuple] = {}
+
+    def saved(self, record: dict) -> dict | None:
+        """The job's results, if they are of its present output (the same settings hash)."""
+        path = _kept_path(self.folder, record)
         saved = json.loads(path.read_text()) if path.exists() else None
-        if saved is not None and saved.get("hash") == record["hash"]:
-            out.append(saved)
-            continue
-        if gather:
-            continue
-        if not Path(record["output"]).exists():  # kept from another machine, whose files are gone
-            print(f"robustness: {path.name} missing and {record['output']} gone; delete the job's kept record "
-                  "to run it again", flush=True)  # fmt: skip
-            continue
-        if backend is None:
-            backend, classifiers = open_model("toy"), load_toy_classifiers()
-        concept = record["concept"][0]
-        edit, _ = load_edit(record["output"], backend)
+        return saved if saved is not None and saved.get("hash") == record["hash"] else None
+
+    def attack(self, record: dict, edit=None, within_job: bool = False) -> dict:
+        """Attack the job's erasure (``edit``, else its output file) and write its results."""
+        if self.backend is None:
+            self.backend, self.classifiers = open_model("toy"), load_toy_classifiers()
+        backend, classifiers, concept = self.backend, self.classifiers, record["concept"][0]
+        if edit is None:
+            edit, _ = load_edit(record["output"], backend)
         began = time.perf_counter()
-        if concept not in ceilings:
+        if concept not in self.ceilings:
             images = concept_images(backend, concept)
-            ceilings[concept] = (images, concept_inversion(backend, classifiers, concept, None, images=images))
-        images, ceiling = ceilings[concept]
+            self.ceilings[concept] = (images, concept_inversion(backend, classifiers, concept, None, images=images))
+        images, ceiling = self.ceilings[concept]
+        cache = self.cache
         entry = {
             "hash": record["hash"], "label": record["label"], "concept": concept,
             "rephrasing": rephrasing_attack(backend, classifiers, concept, edit, base_cache=cache),
@@ -522,15 +529,39 @@ def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> li
             "inversion": {"success": concept_inversion(backend, classifiers, concept, edit, images=images),
                           "base": ceiling},
         }  # fmt: skip
-        entry["seconds"] = round(time.perf_counter() - began, 1)
-        write_json(path, entry)
+        # Attacks run within a job are on its clock (its job_seconds): "hours" counts them once.
+        entry.update(seconds=round(time.perf_counter() - began, 1), within_job=within_job)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(_kept_path(self.folder, record), entry)
         ua = entry["rephrasing"]["ua"]
         print(
             f"robustness {record['label']:>14} {concept:>9}: rephrasing UA {ua['value'] if ua else float('nan'):.3f}, "
             f"inversion {entry['inversion']['success']['value']:.3f} (base {ceiling['value']:.3f})",
             flush=True,
         )
-        out.append(entry)
+        return entry
+
+
+def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> list[dict]:
+    """The attacks' results of every finished main job of :data:`ROBUST_LABELS`, one result file per job
+    in ``work/robustness``. The jobs attack their own erasure as they finish; this pass attacks those that
+    did not (a job whose file carries its output's hash is not attacked again; with ``gather``, only
+    those files are read)."""
+    attacks = Attacks(work / "robustness")
+    out = []
+    for record in records:
+        if record["label"] not in ROBUST_LABELS:
+            continue
+        saved = attacks.saved(record)
+        if saved is not None:
+            out.append(saved)
+        elif gather:
+            continue
+        elif not Path(record["output"]).exists():  # kept from another machine, whose files are gone
+            print(f"robustness: {record['output']} is gone and was never attacked; delete the job's kept "
+                  "record to run it again", flush=True)  # fmt: skip
+        else:
+            out.append(attacks.attack(record))
     return out
 
 
@@ -677,8 +708,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [(label, pair, chosen.get(label, {}).get("lr")) for label in ALL_LABELS for pair in concepts]
     selected = {label for label in labels if args.quick or not is_trained(label) or label in chosen}
     records = run_rows(
-        rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather, kept=kept / "main"
-    )
+        rows, args.work / "main", EVAL_SEEDS, tuple(TEMPLATES), selected, gather=args.gather, kept=kept / "main",
+        attacks=None if args.no_robustness else kept / "robustness",
+    )  # fmt: skip
     labels = [label for label in labels if any(r["label"] == label for r in records)]
     robust = [] if args.no_robustness else robustness_pass(records, kept, args.gather)
     results = {
@@ -698,7 +730,10 @@ def main(argv: list[str] | None = None) -> dict:
         "robustness": summarise_robustness(robust),
         # Every job's own wall time (erase, probes and evaluation), so that a resumed run reports the whole cost.
         "hours": round(
-            (sum(r.get("job_seconds", 0.0) for r in records + sweep_records) + sum(e["seconds"] for e in robust))
+            (
+                sum(r.get("job_seconds", 0.0) for r in records + sweep_records)
+                + sum(e["seconds"] for e in robust if not e.get("within_job"))
+            )
             / 3600,
             2,
         ),  # fmt: skip
