@@ -301,20 +301,20 @@ def run_rows(
     jobs, labels = build_jobs(rows, folder, selected)
     archived = kept_records(jobs, kept)
     jobs = [job for job in jobs if job.index not in archived]
-    if gather:
-        report = gather_batch(jobs, folder / "results")
-        fresh = [r for r in report.jobs if r["status"] == "done" and "report" in r]
-    else:
+    if not gather:
         worker = worker or ComparisonWorker(labels, seeds, templates, attacks)
-        report = run_batch(jobs, worker, folder / "results")
-        failed = [j for j in report.jobs if j["status"] != "done" or "report" not in j]
+        fresh = []
+        for job in jobs:  # one at a time, so that each finished job is kept at once
+            fresh += run_batch([job], worker, folder / "results").jobs
+            keep_records(fresh[-1:], kept)
+        failed = [j for j in fresh if j["status"] != "done" or "report" not in j]
         if failed and not allow_failed:
-            keep_records(report.jobs, kept)
             raise SystemExit(
                 f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {failed[0].get('error')}"
             )
-        fresh = report.jobs
-    keep_records(fresh, kept)
+    else:
+        fresh = [r for r in gather_batch(jobs, folder / "results").jobs if r["status"] == "done" and "report" in r]
+        keep_records(fresh, kept)
     return [{**record, "label": labels[record["index"]]} for record in [*archived.values(), *fresh]]
 
 
@@ -455,10 +455,12 @@ def _median_or_none(values: list) -> float | None:
 
 
 def _at_reference(pairs: list[tuple[float, dict]], reference: float | None) -> float | None:
-    """The median of seconds each scaled by ``reference`` over its job's own reference time."""
-    if reference is None or any(r.get("reference_seconds") is None for _, r in pairs):
+    """The median seconds scaled by ``reference`` over the median of the jobs' own reference times (a
+    method's jobs run on one machine in one go; one job's reference time is noisier than their median)."""
+    own = _median_or_none([r.get("reference_seconds") for _, r in pairs])
+    if reference is None or own is None:
         return None
-    return round(statistics.median(sec * reference / r["reference_seconds"] for sec, r in pairs), 2)
+    return round(statistics.median(sec for sec, _ in pairs) * reference / own, 2)
 
 
 def _counts(record: dict, template: str, which: str) -> dict:

@@ -75,18 +75,19 @@ def test_methods_are_pooled_over_concepts_and_compared_with_spare_generation_by_
     points = bench.tradeoff_points(results)
     assert sorted(points["esd_x"]) == [(0.5, 0.5), (0.8, 1.0)]
 
-    # Seconds scaled to the table's reference speed: each job's time x (median reference / its own reference).
-    timed = [{**r, "reference_seconds": ref} for r, ref in zip(records, (1.0, 1.0, 2.0, 2.0), strict=True)]
+    # Seconds scaled to the table's reference speed: a method's median x (the table's median reference time /
+    # the median of its own jobs' reference times).
+    timed = [{**r, "reference_seconds": ref} for r, ref in zip(records, (1.0, 1.0, 1.5, 2.5), strict=True)]
     scaled = bench.summarise(timed, ["spare", "esd_x"])
-    assert bench.table_reference(timed) == 1.5
-    assert scaled["spare"]["seconds_median_at_reference"] == 22.0 * 1.5  # a machine twice as fast as esd_x's
-    assert scaled["esd_x"]["seconds_median_at_reference"] == 310.0 * 0.75
-    assert scaled["esd_x"]["seconds_to_ua99_median_at_reference"] == (300.0 + 160.0) / 2 * 0.75
-    assert "| 22.0 (33.0) |" in bench.markdown_table({"methods": scaled})
+    assert bench.table_reference(timed) == 1.25
+    assert scaled["spare"]["seconds_median_at_reference"] == 22.0 * 1.25
+    assert scaled["esd_x"]["seconds_median_at_reference"] == 310.0 * 1.25 / 2.0  # not job by job (205.0)
+    assert scaled["esd_x"]["seconds_to_ua99_median_at_reference"] == (300.0 + 160.0) / 2 * 1.25 / 2.0
+    assert "| 22.0 (27.5) |" in bench.markdown_table({"methods": scaled})
     assert results["methods"]["spare"]["seconds_median_at_reference"] is None  # no reference timed: no scaling
     older = bench.summarise([{**timed[0], "reference_seconds": None}, *timed[1:]], ["spare", "esd_x"])
     assert older["spare"]["seconds_median_at_reference"] is None  # one job without it: the method is not scaled
-    assert older["esd_x"]["seconds_median_at_reference"] == 310.0 * 1.0  # the others' median reference is 2.0
+    assert older["esd_x"]["seconds_median_at_reference"] == 310.0 * 1.5 / 2.0  # the others' median is 1.5
 
     # A partial run's row on fewer concepts than the table's says so.
     partial = {"protocol": {"concepts": ["red", "blue"]}, "methods": bench.summarise(records[:3], ["spare", "esd_x"])}
