@@ -104,7 +104,7 @@ ROBUST_LABELS = ("spare", *BASELINE_ORDER, "spare_robust")
 INVERSION_CEILING = 0.9
 #: The speed reference timed before every job: forward and backward passes of the toy denoiser on a fixed
 #: batch. Jobs run on different machines and days (this 2-core machine's speed has varied by 1.6x between
-#: sessions), so the table also gives each job's seconds scaled to one reference speed.
+#: sessions), so the table also gives each method's seconds scaled to one reference speed.
 REFERENCE_PASSES = 10
 REFERENCE_BATCH = 16
 #: Every finished job's record (its figures and every generation's outcome) and its attacks' results, kept
