@@ -520,12 +520,11 @@ class Attacks:
             images = concept_images(backend, concept)
             self.ceilings[concept] = (images, concept_inversion(backend, classifiers, concept, None, images=images))
         images, ceiling = self.ceilings[concept]
-        cache = self.cache
         entry = {
             "hash": record["hash"], "label": record["label"], "concept": concept,
-            "rephrasing": rephrasing_attack(backend, classifiers, concept, edit, base_cache=cache),
+            "rephrasing": rephrasing_attack(backend, classifiers, concept, edit, base_cache=self.cache),
             "neighbours": {
-                name: neighbour_attack(backend, classifiers, concept, edit, EVAL_SEEDS, template, base_cache=cache)
+                name: neighbour_attack(backend, classifiers, concept, edit, EVAL_SEEDS, template, base_cache=self.cache)
                 for name, template in TEMPLATES.items()
             },
             "inversion": {"success": concept_inversion(backend, classifiers, concept, edit, images=images),
