@@ -306,6 +306,8 @@ def run_rows(
         fresh = []
         for job in jobs:  # one at a time, so that each finished job is kept at once
             fresh += run_batch([job], worker, folder / "results").jobs
+            if fresh[-1]["status"] == "interrupted":  # SIGTERM: stop here, not only this job (a re-run resumes)
+                raise SystemExit(f"stopped by SIGTERM during {job.output.name}; the finished jobs are kept")
             keep_records(fresh[-1:], kept)
         failed = [j for j in fresh if j["status"] != "done" or "report" not in j]
         if failed and not allow_failed:

@@ -216,3 +216,21 @@ def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_ar
     # Gathering on a fresh machine (no work folder) reads every kept job back.
     gathered = bench.run_rows(rows, tmp_path / "fresh", (0,), ("evaluation",), {"uce", "esd_x"}, gather=True, kept=kept)
     assert sorted(r["label"] for r in gathered) == ["esd_x", "esd_x", "uce"]
+
+
+def test_a_sigterm_stops_the_whole_run_and_never_counts_as_a_failed_rate(tmp_path):
+    import os
+    import signal
+
+    bench = _bench()
+    rows = [("esd_x", ConceptPair("yellow", "plain"), lr) for lr in (1e-5, 1e-4, 1e-3)]
+    ran = []
+
+    def worker(job, job_hash, process):  # the first trial is stopped part-way, as by a launcher
+        ran.append(job.settings["lr"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the job")
+
+    with pytest.raises(SystemExit, match="SIGTERM"):
+        bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"esd_x"}, True, worker=worker)
+    assert ran == [1e-5]  # the later trials did not run, so no rate is chosen from the others
