@@ -351,14 +351,19 @@ def keep_records(records: list[dict], kept: Path | None) -> None:
 
 
 def choose_lr(tried: list[dict]) -> dict | None:
-    """The trial with UA >= 0.99 and the highest min(IRA, CRA), else the highest UA; failed trials never win."""
+    """The trial with UA >= 0.99 and the highest min(IRA, CRA), else the highest UA; failed trials never win.
+
+    Ties (e.g. no rate erases at all) go to the higher min(IRA, CRA), then to the lower rate, so that the
+    choice never depends on the order in which the trials were recorded.
+    """
     finished = [t for t in tried if not t.get("failed")]
     if not finished:
         return None
 
     def key(t: dict) -> tuple:
         erased = t["ua"] >= UA_TARGET
-        return (erased, min(t["ira"], t["cra"]) if erased else t["ua"])
+        retention = min(t["ira"], t["cra"])
+        return (erased, retention if erased else t["ua"], retention, -t["lr"])
 
     return max(finished, key=key)
 

@@ -124,6 +124,15 @@ def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
     assert bench.choose_lr(tried)["lr"] == 1e-3  # erases, and keeps the most
     assert bench.choose_lr([tried[0], tried[3]])["lr"] == 1e-5  # nothing erases: the highest UA
     assert bench.choose_lr([tried[3]]) is None
+    none_erase = [  # as LECO on the tuning concept: UA 0 at every rate
+        {"lr": 1e-3, "ua": 0.0, "ira": 1.0, "cra": 0.8},
+        {"lr": 1e-2, "ua": 0.0, "ira": 1.0, "cra": 0.58},
+        {"lr": 1e-4, "ua": 0.0, "ira": 1.0, "cra": 1.0},
+    ]
+    for order in (none_erase, none_erase[::-1]):  # whatever order the records come in
+        assert bench.choose_lr(order)["lr"] == 1e-4  # the tie on UA goes to retention
+    level = [{"lr": lr, "ua": 0.0, "ira": 1.0, "cra": 1.0} for lr in (1e-3, 1e-4)]
+    assert bench.choose_lr(level)["lr"] == bench.choose_lr(level[::-1])["lr"] == 1e-4
 
 
 def _attacked(label, concept, reph, inv, inv_base, neighbours):
