@@ -230,6 +230,7 @@ def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_ar
 def test_a_sigterm_stops_the_whole_run_and_never_counts_as_a_failed_rate(tmp_path):
     import os
     import signal
+    import time
 
     bench = _bench()
     rows = [("esd_x", ConceptPair("yellow", "plain"), lr) for lr in (1e-5, 1e-4, 1e-3)]
@@ -238,6 +239,7 @@ def test_a_sigterm_stops_the_whole_run_and_never_counts_as_a_failed_rate(tmp_pat
     def worker(job, job_hash, process):  # the first trial is stopped part-way, as by a launcher
         ran.append(job.settings["lr"])
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts the sleep
         raise AssertionError("SIGTERM did not stop the job")
 
     with pytest.raises(SystemExit, match="SIGTERM"):
