@@ -362,8 +362,7 @@ def choose_lr(tried: list[dict]) -> dict | None:
 
     def key(t: dict) -> tuple:
         erased = t["ua"] >= UA_TARGET
-        retention = min(t["ira"], t["cra"])
-        return (erased, retention if erased else t["ua"], retention, -t["lr"])
+        return (erased, 0.0 if erased else t["ua"], min(t["ira"], t["cra"]), -t["lr"])
 
     return max(finished, key=key)
 
