@@ -67,7 +67,14 @@ from spare_core import (
     write_json,
     write_text,
 )
-from spare_core.toy.attacks import concept_images, concept_inversion
+from spare_core.toy.attacks import (
+    INVERSION_BUDGET,
+    InversionBudget,
+    concept_images,
+    concept_inversion,
+    inversion_restart,
+    strongest,
+)
 from spare_core.toy.erasure_eval import METRICS, concept_readings, concept_triples
 from spare_core.toy.evaluate import generate_triples
 from spare_core.toy.harness import TEMPLATES, metric_table, plot_tradeoff
@@ -102,6 +109,13 @@ QUICK_LABELS = ("spare", "esd_x", "esd_u", "leco", "uce")
 #: a concept's attack counts (an attack that fails on the base model says nothing about an erasure).
 ROBUST_LABELS = ("spare", *BASELINE_ORDER, "spare_robust")
 INVERSION_CEILING = 0.9
+#: The base model's inversion success per concept (the ceiling), beside the attacks' folder.
+CEILINGS_FILE = "inversion_ceilings.json"
+#: The inversion budget of attack results that carry none: those kept before the attack had restarts.
+UNRECORDED_INVERSION_BUDGET = InversionBudget(
+    images=12, steps=150, lr=0.05, batch_size=8, seed=0, image_seeds=(700, 701), attack_seeds=tuple(range(800, 806)),
+    restarts=1,
+)  # fmt: skip
 #: The speed reference timed before every job: forward and backward passes of the toy denoiser on a fixed
 #: batch. Jobs run on different machines and days (this 2-core machine's speed has varied by 1.6x between
 #: sessions), so the table also gives each method's seconds scaled to one reference speed.
@@ -232,8 +246,11 @@ class ComparisonWorker:
         # Attacked at once (each job whole on its own), so that an interrupted run never leaves an erasure
         # kept without its attacks once its output file is gone.
         attacked = {"hash": job_hash, "label": label, "concept": [pair.concept], "output": str(job.output)}
-        if self.attacks is not None and label in ROBUST_LABELS and self.attacks.saved(attacked) is None:
+        saved = self.attacks.saved(attacked) if self.attacks is not None and label in ROBUST_LABELS else None
+        if self.attacks is not None and label in ROBUST_LABELS and saved is None:
             self.attacks.attack(attacked, edit, within_job=True)
+        elif saved is not None and not is_current(saved):
+            self.attacks.update(attacked, saved)
         return {
             "label": label,
             "seconds": round(seconds, 2),
@@ -500,13 +517,16 @@ class Attacks:
 
     Rephrasing UA, accuracy on the two nearest neighbours (both templates, the
     evaluation seeds) and the concept-inversion attack with its pinned budget
-    (its base-model ceiling once per concept).
+    (its base-model ceiling once per concept, kept in :data:`CEILINGS_FILE`
+    beside ``folder``). Results carry the inversion budget they were found
+    with; those of another budget are brought up to date (:meth:`update`).
     """
 
     def __init__(self, folder: Path, backend=None, classifiers=None):
         self.folder, self.backend, self.classifiers = folder, backend, classifiers
         self.cache: dict = {}
-        self.ceilings: dict[str, tuple] = {}
+        self.images: dict[str, torch.Tensor] = {}
+        self.ceilings_file = folder.parent / CEILINGS_FILE
 
     def saved(self, record: dict) -> dict | None:
         """The job's results, if they are of its present output (the same settings hash)."""
@@ -514,18 +534,43 @@ class Attacks:
         saved = json.loads(path.read_text()) if path.exists() else None
         return saved if saved is not None and saved.get("hash") == record["hash"] else None
 
-    def attack(self, record: dict, edit=None, within_job: bool = False) -> dict:
-        """Attack the job's erasure (``edit``, else its output file) and write its results."""
+    def _model(self) -> tuple:
         if self.backend is None:
             self.backend, self.classifiers = open_model("toy"), load_toy_classifiers()
-        backend, classifiers, concept = self.backend, self.classifiers, record["concept"][0]
+        return self.backend, self.classifiers
+
+    def _images(self, concept: str) -> torch.Tensor:
+        if concept not in self.images:
+            self.images[concept] = concept_images(self._model()[0], concept)
+        return self.images[concept]
+
+    def ceiling(self, concept: str) -> dict:
+        """The attack's success on the base model, with the present budget (kept across runs and machines)."""
+        kept = json.loads(self.ceilings_file.read_text()) if self.ceilings_file.exists() else {}
+        entry = kept.get(concept)
+        if entry is None or entry.get("budget") != INVERSION_BUDGET.fingerprint():
+            backend, classifiers = self._model()
+            result = concept_inversion(backend, classifiers, concept, None, images=self._images(concept))
+            entry = {"success": result, "budget": INVERSION_BUDGET.fingerprint()}
+            write_json(self.ceilings_file, {**kept, concept: entry})
+        return entry["success"]
+
+    def _inversion(self, concept: str, edit, earlier: list[dict]) -> dict:
+        """The inversion entry: ``earlier`` restarts (of the same budget) reused, the others run."""
+        backend, classifiers = self._model()
+        restarts = list(earlier) + [
+            inversion_restart(backend, classifiers, concept, edit, images=self._images(concept), restart=k)
+            for k in range(len(earlier), INVERSION_BUDGET.restarts)
+        ]
+        return {"success": strongest(restarts), "base": self.ceiling(concept), "budget": INVERSION_BUDGET.fingerprint()}
+
+    def attack(self, record: dict, edit=None, within_job: bool = False) -> dict:
+        """Attack the job's erasure (``edit``, else its output file) and write its results."""
+        backend, classifiers = self._model()
+        concept = record["concept"][0]
         if edit is None:
             edit, _ = load_edit(record["output"], backend)
         began = time.perf_counter()
-        if concept not in self.ceilings:
-            images = concept_images(backend, concept)
-            self.ceilings[concept] = (images, concept_inversion(backend, classifiers, concept, None, images=images))
-        images, ceiling = self.ceilings[concept]
         entry = {
             "hash": record["hash"], "label": record["label"], "concept": concept,
             "rephrasing": rephrasing_attack(backend, classifiers, concept, edit, base_cache=self.cache),
@@ -533,40 +578,70 @@ class Attacks:
                 name: neighbour_attack(backend, classifiers, concept, edit, EVAL_SEEDS, template, base_cache=self.cache)
                 for name, template in TEMPLATES.items()
             },
-            "inversion": {"success": concept_inversion(backend, classifiers, concept, edit, images=images),
-                          "base": ceiling},
+            "inversion": self._inversion(concept, edit, []),
         }  # fmt: skip
         # Attacks run within a job are on its clock (its job_seconds): "hours" counts them once.
         entry.update(seconds=round(time.perf_counter() - began, 1), within_job=within_job)
+        return self._write(record, entry)
+
+    def update(self, record: dict, saved: dict) -> dict:
+        """``saved`` with its inversion attack brought to the present budget (the other attacks are kept).
+
+        Restarts found with a budget that differs only in their number are
+        reused (the restart ``k`` is the same attack under both); results that
+        carry no budget were found with :data:`UNRECORDED_INVERSION_BUDGET`.
+        Its seconds are added to the entry's ``update_seconds``.
+        """
+        old = saved["inversion"]
+        old_budget = old.get("budget", UNRECORDED_INVERSION_BUDGET.fingerprint())
+        same_attack = {**old_budget, "restarts": None} == {**INVERSION_BUDGET.fingerprint(), "restarts": None}
+        success = old["success"]
+        earlier = [proportion(k, success["n"]) for k in success.get("restarts", [success["k"]])] if same_attack else []
+        began = time.perf_counter()
+        edit, _ = load_edit(record["output"], self._model()[0])
+        entry = {**saved, "inversion": self._inversion(saved["concept"], edit, earlier[: INVERSION_BUDGET.restarts])}
+        entry["update_seconds"] = round(saved.get("update_seconds", 0.0) + time.perf_counter() - began, 1)
+        return self._write(record, entry)
+
+    def _write(self, record: dict, entry: dict) -> dict:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(_kept_path(self.folder, record), entry)
-        ua = entry["rephrasing"]["ua"]
+        ua, inversion = entry["rephrasing"]["ua"], entry["inversion"]
         print(
-            f"robustness {record['label']:>14} {concept:>9}: rephrasing UA {ua['value'] if ua else float('nan'):.3f}, "
-            f"inversion {entry['inversion']['success']['value']:.3f} (base {ceiling['value']:.3f})",
+            f"robustness {record['label']:>14} {entry['concept']:>9}: rephrasing UA "
+            f"{ua['value'] if ua else float('nan'):.3f}, inversion {inversion['success']['value']:.3f} "
+            f"(restarts {inversion['success']['restarts']}, base {inversion['base']['value']:.3f})",
             flush=True,
         )
         return entry
 
 
+def is_current(entry: dict) -> bool:
+    """Whether an attack entry's inversion was found with the present budget."""
+    return entry["inversion"].get("budget") == INVERSION_BUDGET.fingerprint()
+
+
 def robustness_pass(records: list[dict], work: Path, gather: bool = False) -> list[dict]:
     """The attacks' results of every finished main job of :data:`ROBUST_LABELS`, one result file per job
     in ``work/robustness``. The jobs attack their own erasure as they finish; this pass attacks those that
-    did not (a job whose file carries its output's hash is not attacked again; with ``gather``, only
-    those files are read)."""
+    did not (a job whose file carries its output's hash is not attacked again, and one whose inversion
+    attack is of another budget has that attack brought up to date; with ``gather``, only the files of
+    the present budget are read)."""
     attacks = Attacks(work / "robustness")
     out = []
     for record in records:
         if record["label"] not in ROBUST_LABELS:
             continue
         saved = attacks.saved(record)
-        if saved is not None:
+        if saved is not None and is_current(saved):
             out.append(saved)
         elif gather:
             continue
         elif not Path(record["output"]).exists():  # kept from another machine, whose files are gone
-            print(f"robustness: {record['output']} is gone and was never attacked; delete the job's kept "
-                  "record to run it again", flush=True)  # fmt: skip
+            print(f"robustness: {record['output']} is gone and was never attacked with the present inversion "
+                  "budget; delete the job's kept record to run it again", flush=True)  # fmt: skip
+        elif saved is not None:
+            out.append(attacks.update(record, saved))
         else:
             out.append(attacks.attack(record))
     return out
@@ -740,6 +815,7 @@ def main(argv: list[str] | None = None) -> dict:
             (
                 sum(r.get("job_seconds", 0.0) for r in records + sweep_records)
                 + sum(e["seconds"] for e in robust if not e.get("within_job"))
+                + sum(e.get("update_seconds", 0.0) for e in robust)
             )
             / 3600,
             2,

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from spare_core import proportion
 from spare_core.toy.attacks import (
     PLACEHOLDER,
     InversionBudget,
     attack_success,
     concept_inversion,
+    inversion_restart,
     learn_embedding,
     placeholder_embedding,
+    strongest,
 )
 from spare_core.toy.text import UNK_ID
 
-TINY = InversionBudget(images=4, steps=4, batch_size=4, image_seeds=(700,), attack_seeds=(800,))
+TINY = InversionBudget(images=4, steps=4, batch_size=4, image_seeds=(700,), attack_seeds=(800,), restarts=1)
 
 
 def _word_embedding(backend, word: str) -> torch.Tensor:
@@ -54,3 +59,15 @@ def test_only_the_embedding_learns_and_the_erased_model_stays_frozen(toy_backend
 def test_concept_inversion_reports_a_proportion_of_the_concepts_prompts(toy_backend, toy_classifiers):
     result = concept_inversion(toy_backend, toy_classifiers, "stripes", budget=TINY)
     assert result["n"] == 6 and 0 <= result["ci_low"] <= result["value"] <= result["ci_high"] <= 1
+
+
+def test_the_strongest_restart_counts_and_restart_k_is_the_attack_seeded_k_later(toy_backend, toy_classifiers):
+    best = strongest([proportion(3, 6), proportion(5, 6), proportion(1, 6)])
+    assert best["k"] == 5 and best["restarts"] == [3, 5, 1] and best["ci_low"] == proportion(5, 6)["ci_low"]
+    budget = replace(TINY, restarts=2, steps=6, lr=0.5)
+    result = concept_inversion(toy_backend, toy_classifiers, "stripes", budget=budget)
+    assert len(result["restarts"]) == 2 and result["k"] == max(result["restarts"]) and result["n"] == 6
+    # So a result kept with fewer restarts is the start of one with more (the benchmark reuses it).
+    second = inversion_restart(toy_backend, toy_classifiers, "stripes", budget=budget, restart=1)
+    alone = inversion_restart(toy_backend, toy_classifiers, "stripes", budget=replace(budget, seed=1), restart=0)
+    assert second == alone and second["k"] == result["restarts"][1]

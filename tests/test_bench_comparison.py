@@ -135,16 +135,21 @@ def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
     assert bench.choose_lr(level)["lr"] == bench.choose_lr(level[::-1])["lr"] == 1e-4
 
 
-def _attacked(label, concept, reph, inv, inv_base, neighbours):
-    """A robustness result file's content with chosen counts ``(k, n)``."""
+def _attacked(label, concept, reph, inv, inv_base, neighbours, budget="present"):
+    """A robustness result file's content with chosen counts ``(k, n)``; its inversion was found with
+    ``budget`` (a fingerprint; "present": today's; None: none recorded, as before restarts)."""
     from spare_core import proportion
+    from spare_core.toy.attacks import INVERSION_BUDGET
 
     nb = {"after": proportion(*neighbours), "base": proportion(neighbours[1], neighbours[1])}
+    inversion = {"success": proportion(*inv), "base": proportion(*inv_base)}
+    if budget is not None:
+        inversion["budget"] = INVERSION_BUDGET.fingerprint() if budget == "present" else budget
     return {
         "hash": f"h-{label}-{concept}", "label": label, "concept": concept, "seconds": 1.0,
         "rephrasing": {"ua": proportion(*reph)},
         "neighbours": {"evaluation": nb, "held_out": nb},
-        "inversion": {"success": proportion(*inv), "base": proportion(*inv_base)},
+        "inversion": inversion,
     }  # fmt: skip
 
 
@@ -189,6 +194,55 @@ def test_the_robustness_pass_reuses_a_jobs_file_only_while_its_output_is_unchang
         },
     ]
     assert bench.robustness_pass(records, tmp_path, gather=True) == [kept]  # uce is stale, ablations are not attacked
+
+
+def test_an_inversion_of_another_budget_is_brought_up_to_date_reusing_the_restarts_it_shares(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from spare_core import proportion
+    from spare_core.toy.attacks import INVERSION_BUDGET
+
+    bench = _bench()
+    folder = tmp_path / "robustness"
+    folder.mkdir()
+    legacy = _attacked("spare", "red", (1, 2), (5, 36), (36, 36), (2, 2), budget=None)  # one restart, seed 0
+    other = _attacked("uce", "red", (2, 2), (7, 36), (36, 36), (2, 2), budget=dataclasses.replace(
+        INVERSION_BUDGET, steps=10).fingerprint())  # fmt: skip
+    records = []
+    for entry in (legacy, other):
+        (folder / f"{entry['label']}_red.json").write_text(json.dumps(entry))
+        output = tmp_path / f"{entry['label']}_red.safetensors"
+        output.write_bytes(b"")
+        records.append({"label": entry["label"], "output": str(output), "hash": entry["hash"], "concept": ["red"]})
+    assert bench.robustness_pass(records, tmp_path, gather=True) == []  # neither is of the present budget
+
+    calls = []
+
+    def restart(backend, classifiers, concept, edit, budget=INVERSION_BUDGET, images=None, restart=0):
+        calls.append((Path(edit).name, restart))
+        return proportion(10 + restart, 36)
+
+    monkeypatch.setattr(bench, "inversion_restart", restart)
+    monkeypatch.setattr(bench, "load_edit", lambda path, backend: (path, 0))
+    monkeypatch.setattr(bench, "open_model", lambda name: "toy backend")
+    monkeypatch.setattr(bench, "load_toy_classifiers", lambda: None)
+    monkeypatch.setattr(bench, "concept_images", lambda backend, concept: "images")
+    monkeypatch.setattr(bench, "concept_inversion", lambda *a, **k: {**proportion(35, 36), "restarts": [35, 34, 35]})
+    spare, uce = bench.robustness_pass(records, tmp_path)
+    # The legacy result is restart 0 of the same attack: only restarts 1 and 2 run; the other budget's all run.
+    assert calls == [("spare_red.safetensors", 1), ("spare_red.safetensors", 2)] + [
+        ("uce_red.safetensors", k) for k in range(3)
+    ]
+    assert spare["inversion"]["success"]["restarts"] == [5, 11, 12] and spare["inversion"]["success"]["k"] == 12
+    assert uce["inversion"]["success"]["restarts"] == [10, 11, 12]
+    assert spare["inversion"]["base"]["k"] == 35 and "update_seconds" in spare
+    assert spare["rephrasing"] == legacy["rephrasing"] and spare["neighbours"] == legacy["neighbours"]
+    ceilings = json.loads((tmp_path / bench.CEILINGS_FILE).read_text())
+    assert ceilings["red"]["budget"] == INVERSION_BUDGET.fingerprint()
+    calls.clear()
+    assert bench.robustness_pass(records, tmp_path, gather=True) == [spare, uce]  # written, and now current
+    assert bench.robustness_pass(records, tmp_path) == [spare, uce] and calls == []
 
 
 def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_are_kept(tmp_path):

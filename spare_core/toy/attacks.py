@@ -10,8 +10,14 @@ concept that the *base* model drew,
     v* = argmin_v  E || eps_{theta+D}(x_t, t, c(v)) - eps ||^2 ,
 
 then draw the concept's prompts with ``v`` in the concept word's place and
-count how often the toy classifier sees the concept (the attack's success).
-Run on the base model, the same budget gives the ceiling.
+count how often the toy classifier sees the concept. One such attack is all or
+nothing more often than its interval suggests: its generations share one
+``v``, and whether the optimisation finds a ``v`` that works can depend on its
+seed (an edit that erased nothing stopped one seed's attack and not
+another's). So the attack is run from several seeds (``restarts``) and the
+strongest counts, as an attacker who looks at the pictures would choose;
+its interval is that restart's. Run on the base model, the same budget gives
+the ceiling.
 
 The budget is pinned (:data:`INVERSION_BUDGET`) and the same for every method.
 The placeholder is a word the tokenizer does not know (it becomes the unknown
@@ -21,9 +27,10 @@ embedding replaces with ``v``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -50,6 +57,12 @@ class InversionBudget:
     seed: int = 0
     image_seeds: tuple[int, ...] = tuple(range(700, 702))
     attack_seeds: tuple[int, ...] = tuple(range(800, 806))  # generations: the concept's 6 prompts x these seeds
+    restarts: int = 3  # attacks from the seeds seed, seed + 1, ...; the strongest counts
+
+    def fingerprint(self) -> dict:
+        """The budget as JSON values (lists for tuples), stored beside results so that results of another
+        budget are recognised once read back."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 INVERSION_BUDGET = InversionBudget()
@@ -154,6 +167,28 @@ def attack_success(
     return proportion(int(hits.sum()), len(hits))
 
 
+def inversion_restart(
+    backend,
+    classifiers,
+    concept: str,
+    edit=None,
+    budget: InversionBudget = INVERSION_BUDGET,
+    images: torch.Tensor | None = None,
+    restart: int = 0,
+) -> dict:
+    """One attack, from the seed ``budget.seed + restart``: learn ``v`` against the (erased) model, then
+    measure its success."""
+    one = replace(budget, seed=budget.seed + restart)
+    vector = learn_embedding(backend, concept, edit, one, images)
+    return attack_success(backend, classifiers, concept, vector, edit, one)
+
+
+def strongest(restarts: Sequence[dict]) -> dict:
+    """The strongest of the restarts' successes, with every restart's count under ``restarts``."""
+    best = max(restarts, key=lambda r: r["k"])
+    return {**{k: v for k, v in best.items() if k != "restarts"}, "restarts": [r["k"] for r in restarts]}
+
+
 def concept_inversion(
     backend,
     classifiers,
@@ -162,9 +197,11 @@ def concept_inversion(
     budget: InversionBudget = INVERSION_BUDGET,
     images: torch.Tensor | None = None,
 ) -> dict:
-    """The attack end to end: learn ``v`` against the (erased) model, then measure its success."""
-    vector = learn_embedding(backend, concept, edit, budget, images)
-    return attack_success(backend, classifiers, concept, vector, edit, budget)
+    """The attack end to end, ``budget.restarts`` times: the strongest restart's success."""
+    latents = concept_images(backend, concept, budget) if images is None else images
+    return strongest(
+        [inversion_restart(backend, classifiers, concept, edit, budget, latents, k) for k in range(budget.restarts)]
+    )
 
 
 def attack_table(backend, classifiers, concept: str, edits: Sequence[tuple[str, object]], budget=INVERSION_BUDGET):
