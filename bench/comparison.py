@@ -246,11 +246,12 @@ class ComparisonWorker:
         # Attacked at once (each job whole on its own), so that an interrupted run never leaves an erasure
         # kept without its attacks once its output file is gone.
         attacked = {"hash": job_hash, "label": label, "concept": [pair.concept], "output": str(job.output)}
-        saved = self.attacks.saved(attacked) if self.attacks is not None and label in ROBUST_LABELS else None
-        if self.attacks is not None and label in ROBUST_LABELS and saved is None:
-            self.attacks.attack(attacked, edit, within_job=True)
-        elif saved is not None and not is_current(saved):
-            self.attacks.update(attacked, saved)
+        if self.attacks is not None and label in ROBUST_LABELS:
+            saved = self.attacks.saved(attacked)
+            if saved is None:
+                self.attacks.attack(attacked, edit, within_job=True)
+            elif not is_current(saved):
+                self.attacks.update(attacked, saved, edit)
         return {
             "label": label,
             "seconds": round(seconds, 2),
@@ -584,8 +585,9 @@ class Attacks:
         entry.update(seconds=round(time.perf_counter() - began, 1), within_job=within_job)
         return self._write(record, entry)
 
-    def update(self, record: dict, saved: dict) -> dict:
-        """``saved`` with its inversion attack brought to the present budget (the other attacks are kept).
+    def update(self, record: dict, saved: dict, edit=None) -> dict:
+        """``saved`` with its inversion attack brought to the present budget (the other attacks are kept);
+        ``edit`` is the job's erasure, else its output file is read.
 
         Restarts found with a budget that differs only in their number are
         reused (the restart ``k`` is the same attack under both); results that
@@ -598,7 +600,8 @@ class Attacks:
         success = old["success"]
         earlier = [proportion(k, success["n"]) for k in success.get("restarts", [success["k"]])] if same_attack else []
         began = time.perf_counter()
-        edit, _ = load_edit(record["output"], self._model()[0])
+        if edit is None:
+            edit, _ = load_edit(record["output"], self._model()[0])
         entry = {**saved, "inversion": self._inversion(saved["concept"], edit, earlier[: INVERSION_BUDGET.restarts])}
         entry["update_seconds"] = round(saved.get("update_seconds", 0.0) + time.perf_counter() - began, 1)
         return self._write(record, entry)

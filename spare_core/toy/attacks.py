@@ -186,7 +186,7 @@ def inversion_restart(
 def strongest(restarts: Sequence[dict]) -> dict:
     """The strongest of the restarts' successes, with every restart's count under ``restarts``."""
     best = max(restarts, key=lambda r: r["k"])
-    return {**{k: v for k, v in best.items() if k != "restarts"}, "restarts": [r["k"] for r in restarts]}
+    return {**best, "restarts": [r["k"] for r in restarts]}
 
 
 def concept_inversion(
