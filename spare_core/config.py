@@ -37,6 +37,7 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {
     "robust": 0.0,
     "retain_focus": 0.0,
     "preserve_weight": 0.0,
+    "retain_focus_surrogate": False,
 }
 
 
@@ -370,6 +371,13 @@ class ErasureConfig:
         "(its neighbours and the surrogate, which an erasure most easily drags along); 0: uniform",
         minimum=0.0,
         maximum=1.0,
+        advanced=True,
+    )
+    retain_focus_surrogate: bool = _setting(
+        True,
+        "bool",
+        "the retain focus also favours the retain prompts nearest the surrogate (an object erased toward a "
+        "surrogate otherwise tends to lose some of the surrogate's own prompts to the erasure)",
         advanced=True,
     )
     preserve_weight: float = _setting(

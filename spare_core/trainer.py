@@ -142,20 +142,30 @@ def constant_lr(step: int, total: int, base: float) -> float:
 
 
 def retain_sampling_weights(
-    data: TrainingData, focus: float, temperature: float = RETAIN_FOCUS_TEMPERATURE
+    data: TrainingData, focus: float, temperature: float = RETAIN_FOCUS_TEMPERATURE, *, surrogate: bool = False
 ) -> torch.Tensor:
     """How often each retain latent is drawn: a mix of uniform and "hard" retain prompts.
 
     The retain prompts whose text states lie closest to the forget prompts'
     (cosine similarity of their token-averaged states, centred on the retain
     prompts' mean) are the ones an erasure most easily drags along: the
-    concept's neighbours and its surrogate. ``focus`` of the draws follow a
-    softmax of that similarity at ``temperature``; the rest are uniform.
+    concept's neighbours. With ``surrogate``, a prompt's similarity is the
+    larger of its similarity to the forget prompts and to the surrogate
+    prompts, so the surrogate's own prompts are held too (erasing ``cross``
+    toward ``ring`` otherwise turns some ``ring`` prompts into something
+    else). ``focus`` of the draws follow a softmax of that similarity at
+    ``temperature``; the rest are uniform.
     """
     retain = data.retain_cond.hidden_states.float().mean(dim=1)
-    forget = data.concept_cond.hidden_states.float().mean(dim=1).mean(dim=0, keepdim=True)
     centre = retain.mean(dim=0, keepdim=True)
-    similarity = torch.cosine_similarity(retain - centre, forget - centre, dim=1)
+
+    def similarity_to(cond: Conditioning) -> torch.Tensor:
+        mean_state = cond.hidden_states.float().mean(dim=1).mean(dim=0, keepdim=True)
+        return torch.cosine_similarity(retain - centre, mean_state - centre, dim=1)
+
+    similarity = similarity_to(data.concept_cond)
+    if surrogate:
+        similarity = torch.maximum(similarity, similarity_to(data.surrogate_cond))
     per_prompt = (1 - focus) / len(retain) + focus * torch.softmax(similarity / temperature, dim=0)
     per_latent = per_prompt[data.retain_prompt_index]
     counts = torch.bincount(data.retain_prompt_index, minlength=len(retain)).float()
@@ -197,7 +207,8 @@ class SelfDistillationTrainer:
         )
         self.retain_sampler = TimestepSampler.uniform(backend.num_train_timesteps)
         self.retain_odds = (
-            retain_sampling_weights(data, config.retain_focus) if config.retain_focus > 0 and len(data.retain_latents)
+            retain_sampling_weights(data, config.retain_focus, surrogate=config.retain_focus_surrogate)
+            if config.retain_focus > 0 and len(data.retain_latents)
             else None
         )  # fmt: skip
         self.forget_latents, self.forget_prompt_index = data.forget_pool()

@@ -96,7 +96,8 @@ def test_a_job_hash_leaves_out_a_later_setting_at_the_value_of_the_runs_before_i
     before = hashlib.sha256(json.dumps({"method": "spare", "config": config}, sort_keys=True).encode()).hexdigest()
     assert job.settings_hash("toy") == before[:16]
     for name in LATER_SETTINGS:  # any other value is a different run
-        changed = {**entry, "settings": {**entry["settings"], name: 0.3}}
+        other = not old_values[name] if isinstance(old_values[name], bool) else 0.3
+        changed = {**entry, "settings": {**entry["settings"], name: other}}
         assert parse_jobs([changed], tmp_path)[0].settings_hash("toy") != job.settings_hash("toy")
 
 
@@ -121,6 +122,24 @@ def test_retain_focus_draws_the_retain_prompts_nearest_the_concept_more_often():
     assert focused.sum().item() == pytest.approx(1.0)
     assert focused.argmax().item() == 0 and focused[0] > 0.5  # the neighbour of the concept
     assert focused[3] == pytest.approx(0.5 / 4, abs=1e-3)  # the opposite prompt keeps its uniform share
+
+
+def test_retain_focus_on_the_surrogate_also_draws_the_retain_prompts_nearest_the_surrogate():
+    from spare_core.trainer import retain_sampling_weights
+
+    empty = torch.zeros(0, 1)
+    concept, surrogate = _states([[1.0, 0.0, 0.0]]), _states([[0.0, 1.0, 0.0]])
+    retain = _states([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0], [-1.0, -1.0, 0.0]])
+    index = torch.arange(4)
+    data = TrainingData(empty, torch.zeros(0).long(), concept, surrogate, torch.zeros(4, 1), index, retain)
+
+    concept_only = retain_sampling_weights(data, 0.5)
+    both = retain_sampling_weights(data, 0.5, surrogate=True)
+    assert both.sum().item() == pytest.approx(1.0)
+    assert both[1] > 2 * concept_only[1]  # the surrogate's neighbour, drawn far more often
+    assert both[1].item() == pytest.approx(both[0].item(), rel=0.05)  # about as often as the concept's own neighbour
+    assert both[0] < concept_only[0]  # whose share it partly takes
+    assert both[3].item() == pytest.approx(concept_only[3].item(), abs=1e-3)  # far from both: uniform share
 
 
 class _RemovedTable(dict):
