@@ -16,7 +16,10 @@ most can be found.
 Evaluation is the comparison's: ``spare eval``'s harness, evaluation seeds
 0-4 of every object x style prompt on both templates. Results are written
 after every erasure to ``bench/results/seed_stability.json``; a re-run skips
-the erasures already there (same concept, variant and seeds). Run it alone:
+the erasures already there (same concept, variant and seeds). An erasure's
+seconds are its stages' time; the image sets are drawn once per concept, data
+seed and settings that shape them, so later variants reuse them and read
+faster (time erasures with ``bench/erasure.py`` instead). Run it alone:
 two torch processes on 2 cores slow each other about tenfold.
 
     .venv/bin/python bench/seed_stability.py                                  # defaults, 4 concepts x 3 seeds
@@ -127,13 +130,15 @@ class Runner:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Per variant and concept (and pooled over concepts), per template and metric: the lowest, mean and
+    """Per variant and concept (and pooled over a variant's concepts), per template and metric: the lowest, mean and
     highest value over seeds (pooled over concepts, one seed's value pools all its concepts' generations),
     and the proportion of all the group's generations with its interval."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         groups.setdefault((run["variant"], run["concept"]), []).append(run)
-        groups.setdefault((run["variant"], "pooled"), []).append(run)
+    for variant in {run["variant"]: None for run in runs}:  # pooled last, where a variant has several concepts
+        if sum(v == variant for v, _ in groups) > 1:
+            groups[(variant, "pooled")] = [run for run in runs if run["variant"] == variant]
     summary: dict = {}
     for (variant, concept), group in groups.items():
         per_template = {}

@@ -59,6 +59,8 @@ def test_spread_is_over_seeds_and_pooled_concepts_pool_each_seed_first():
         _run(bench, "ring", 1, (27, 30)),
     ]
     summary = bench.summarise(runs)["default"]
+    assert list(summary) == ["cross", "ring", "pooled"]
+    assert list(bench.summarise(runs[:2])["default"]) == ["cross"]  # one concept: nothing to pool
     cross = summary["cross"]["evaluation"]["ira"]
     assert (cross["runs"], cross["min"], cross["max"]) == (2, 0.8, 0.9667)
     assert cross["mean"] == pytest.approx((29 / 30 + 24 / 30) / 2, abs=1e-4)
