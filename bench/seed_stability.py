@@ -211,7 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
     for overrides in variants.values():  # a misspelt setting fails before any erasure
         ErasureConfig(pairs[:1]).with_settings(**overrides).validate()
     previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
-    done = {run["key"]: run for run in previous}
+
+    def save() -> dict:
+        results = {"evaluation_seeds": list(EVAL_SEEDS), "runs": runs, "summary": summarise(runs)}
+        write_json(args.out, results)
+        return results
+
+    done = {run["key"] for run in previous}
     runs = list(previous)
     with tempfile.TemporaryDirectory(prefix="spare-seeds-") as cache:
         runner = None
@@ -234,10 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"surrogate {ev['surrogate_rate']['value']:.2f}  {run['seconds']:.0f} s",
                 flush=True,
             )
-            results = {"evaluation_seeds": list(EVAL_SEEDS), "runs": runs, "summary": summarise(runs)}
-            write_json(args.out, results)
-    results = {"evaluation_seeds": list(EVAL_SEEDS), "runs": runs, "summary": summarise(runs)}
-    write_json(args.out, results)
+            save()
+    results = save()
     print(table(results))
     return results
 
