@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from bench_module import load_bench
 
 from spare_core import ConceptPair
 from spare_core.toy.harness import EvalReport, TemplateResult
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_comparison", ROOT / "bench" / "comparison.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _record(label: str, concept: str, ua_hits: list[int], ira_hits: list[int], seconds: float, reached: bool):
@@ -48,7 +41,7 @@ def _record(label: str, concept: str, ua_hits: list[int], ira_hits: list[int], s
 
 
 def test_methods_are_pooled_over_concepts_and_compared_with_spare_generation_by_generation():
-    bench = _bench()
+    bench = load_bench("comparison")
     records = [
         _record("spare", "red", [1] * 10, [1] * 9 + [0], 20.0, True),
         _record("spare", "blue", [1] * 10, [1] * 10, 24.0, True),
@@ -96,7 +89,7 @@ def test_methods_are_pooled_over_concepts_and_compared_with_spare_generation_by_
 
 
 def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
-    bench = _bench()
+    bench = load_bench("comparison")
     rows = [(label, ConceptPair("red", "plain"), 1e-3) for label in ["spare", *bench.BASELINE_ORDER, *bench.ABLATIONS]]
     jobs, labels = bench.build_jobs(rows, tmp_path)
     assert len(jobs) == len(rows) and set(labels.values()) == {r[0] for r in rows}
@@ -114,7 +107,7 @@ def test_every_method_of_the_benchmark_runs_as_a_batch_job(tmp_path):
 
 
 def test_the_sweep_prefers_erasure_then_retention_and_never_a_failed_rate():
-    bench = _bench()
+    bench = load_bench("comparison")
     tried = [
         {"lr": 1e-5, "ua": 0.2, "ira": 1.0, "cra": 1.0},
         {"lr": 1e-4, "ua": 1.0, "ira": 0.90, "cra": 1.0},
@@ -154,7 +147,7 @@ def _attacked(label, concept, reph, inv, inv_base, neighbours, budget="present")
 
 
 def test_robustness_pools_counts_and_counts_inversion_only_where_the_base_model_falls_for_it():
-    bench = _bench()
+    bench = load_bench("comparison")
     entries = [
         _attacked("spare", "red", (10, 20), (2, 20), (19, 20), (50, 60)),
         _attacked("spare", "circle", (18, 20), (9, 20), (10, 20), (60, 60)),  # ceiling 0.5: not counted
@@ -177,7 +170,7 @@ def test_robustness_pools_counts_and_counts_inversion_only_where_the_base_model_
 def test_the_robustness_pass_reuses_a_jobs_file_only_while_its_output_is_unchanged(tmp_path):
     import json
 
-    bench = _bench()
+    bench = load_bench("comparison")
     folder = tmp_path / "robustness"
     folder.mkdir()
     kept = _attacked("spare", "red", (1, 2), (0, 2), (2, 2), (2, 2))
@@ -203,7 +196,7 @@ def test_an_inversion_of_another_budget_is_brought_up_to_date_reusing_the_restar
     from spare_core import proportion
     from spare_core.toy.attacks import INVERSION_BUDGET
 
-    bench = _bench()
+    bench = load_bench("comparison")
     folder = tmp_path / "robustness"
     folder.mkdir()
     legacy = _attacked("spare", "red", (1, 2), (5, 36), (36, 36), (2, 2), budget=None)  # one restart, seed 0
@@ -248,7 +241,7 @@ def test_an_inversion_of_another_budget_is_brought_up_to_date_reusing_the_restar
 def test_a_job_kept_with_its_settings_hash_is_not_run_again_and_finished_jobs_are_kept(tmp_path):
     import json
 
-    bench = _bench()
+    bench = load_bench("comparison")
     rows = [(label, ConceptPair("red", "plain"), lr) for label, lr in (("uce", None), ("esd_x", 1e-3), ("esd_x", 1e-4))]
     jobs, _ = bench.build_jobs(rows, tmp_path / "work")
     kept = tmp_path / "kept"
@@ -286,7 +279,7 @@ def test_a_sigterm_stops_the_whole_run_and_never_counts_as_a_failed_rate(tmp_pat
     import signal
     import time
 
-    bench = _bench()
+    bench = load_bench("comparison")
     rows = [("esd_x", ConceptPair("yellow", "plain"), lr) for lr in (1e-5, 1e-4, 1e-3)]
     ran = []
 

@@ -7,7 +7,6 @@ a count made by hand and ESD's target against its formula.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,22 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_module import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {"step_seconds", "step_seconds_stats", "peak_rss_mb", "trainable_parameters", "file_bytes"}
 METHODS = ("spare", "esd_x_published", "esd_x_lean")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def cost():
-    return _load("cost")
+    return load_bench("cost")
 
 
 @pytest.fixture(scope="module")

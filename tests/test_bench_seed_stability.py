@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_module import load_bench
 
 from spare_core import ConceptPair, ErasureConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_seed_stability", ROOT / "bench" / "seed_stability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(bench, concept: str, seed: int, ira: tuple[int, int]) -> dict:
@@ -31,7 +24,7 @@ def _run(bench, concept: str, seed: int, ira: tuple[int, int]) -> dict:
 
 
 def test_variants_parse_to_settings_a_config_accepts():
-    bench = _bench()
+    bench = load_bench("seed_stability")
     assert bench.parse_variant("default") == {}
     overrides = bench.parse_variant("retain_weight=3,saliency_batches=16,timestep_mode=uniform")
     assert overrides == {"retain_weight": 3, "saliency_batches": 16, "timestep_mode": "uniform"}
@@ -43,7 +36,7 @@ def test_variants_parse_to_settings_a_config_accepts():
 
 
 def test_swap_runs_every_mix_of_two_seeds_over_the_three_stages():
-    bench = _bench()
+    bench = load_bench("seed_stability")
     assert bench.stage_seeds([0, 4], None) == [dict.fromkeys(bench.STAGES, 0), dict.fromkeys(bench.STAGES, 4)]
     mixes = bench.stage_seeds([], [0, 1])
     assert len(mixes) == 8 and len({tuple(m.values()) for m in mixes}) == 8
@@ -51,7 +44,7 @@ def test_swap_runs_every_mix_of_two_seeds_over_the_three_stages():
 
 
 def test_spread_is_over_seeds_and_pooled_concepts_pool_each_seed_first():
-    bench = _bench()
+    bench = load_bench("seed_stability")
     runs = [
         _run(bench, "cross", 0, (29, 30)),
         _run(bench, "cross", 1, (24, 30)),
