@@ -302,10 +302,14 @@ class SelfDistillationTrainer:
         self.adapter.detach()
         with torch.no_grad():
             if cfg.eta != 0 or cfg.robust > 0:
-                eps_s, eps_f, *retain_target = self._predict(
-                    [(f_xt, f_t, surrogate), (f_xt, f_t, concept), *retain_part]
-                )
                 on_surrogate_image = (f_index >= self.concept_images) & (self.forget_source is None)
+                # The target ignores eps_f on surrogate images; robust mode's attack reads every row.
+                rows = torch.arange(len(f_xt)) if cfg.robust > 0 else (~on_surrogate_image).nonzero().flatten()
+                eps_s, eps_f_rows, *retain_target = self._predict(
+                    [(f_xt, f_t, surrogate), (f_xt[rows], f_t[rows], concept.select(rows)), *retain_part]
+                )
+                eps_f = eps_s.clone()
+                eps_f[rows] = eps_f_rows
                 target = forget_target(eps_s, eps_f, cfg.eta, on_surrogate_image=on_surrogate_image)
             else:
                 target, *retain_target = self._predict([(f_xt, f_t, surrogate), *retain_part])

@@ -227,3 +227,59 @@ def test_forget_target_pushes_away_only_on_concept_images():
     assert torch.allclose(target[0], eps_s[0] - 1.5 * (eps_f[0] - eps_s[0]))
     assert torch.allclose(target[2], eps_s[2] - 1.5 * (eps_f[2] - eps_s[2]))
     assert torch.equal(target[1], eps_s[1]) and torch.equal(target[3], eps_s[3])
+
+
+def test_the_teacher_predicts_the_concept_only_where_the_target_uses_it(backend, monkeypatch):
+    """On surrogate images the forget target is eps_s alone, so eps_f is not computed there; the loss is the
+    one the formula gives with eps_f computed on every row."""
+    from spare_core.adapter import SparseLoRA, normal_weights
+    from spare_core.trainer import TrainingData, forget_target
+
+    concept = backend.encode_prompts(["a circle in red style"])
+    surrogate = backend.encode_prompts(["a circle in plain style"])
+    gen = torch.Generator().manual_seed(2)
+    latents = torch.randn((8, *backend.latent_shape), generator=gen)
+    empty = torch.zeros((0, *backend.latent_shape))
+    one_prompt = torch.zeros(4, dtype=torch.long)
+    data = TrainingData(
+        latents[:4], one_prompt, concept, surrogate, empty, torch.zeros(0).long(), concept, latents[4:], one_prompt
+    )
+    config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(retain_weight=0.0, batch_size=8, steps=1)
+    adapter = SparseLoRA(backend.denoiser(), ["mid_block.attentions.0.transformer_blocks.0.attn2.to_v"], 4, 4.0)
+    trainer = SelfDistillationTrainer(backend, adapter, data, TimestepSampler.uniform(1000), config)
+    calls = []
+    predict = backend.predict_noise
+
+    def recording(x_t, t, cond):
+        eps = predict(x_t, t, cond)
+        calls.append((x_t.detach().clone(), t.clone(), eps.detach().float().clone()))
+        return eps
+
+    monkeypatch.setattr(backend, "predict_noise", recording)
+    with torch.inference_mode(False), normal_weights(backend.denoiser()):
+        report = trainer.train_step()
+    (teacher_x, _, teacher_eps), (x_t, t, student_eps) = calls
+    concept_rows = len(teacher_x) - len(x_t)
+    on_surrogate = torch.tensor([not any(torch.equal(x, c) for c in teacher_x[len(x_t) :]) for x in x_t])
+    assert 0 < concept_rows < len(x_t) and int((~on_surrogate).sum()) == concept_rows
+    with torch.no_grad():
+        eps_s = teacher_eps[: len(x_t)]
+        eps_f = predict(x_t, t, concept.select(torch.zeros(len(x_t), dtype=torch.long))).float()
+    target = forget_target(eps_s, eps_f, config.eta, on_surrogate)
+    assert report.forget_loss == pytest.approx((student_eps - target).pow(2).mean().item(), rel=1e-4)
+
+
+def test_retain_images_are_as_many_as_asked_spread_over_the_prompts(backend):
+    from spare_core.erasure import images_per_retain_prompt
+
+    assert images_per_retain_prompt(64, 45) == [1 + (i * 19 % 45 >= 45 - 19) for i in range(45)]
+    assert sum(images_per_retain_prompt(64, 45)) == 64 and sum(images_per_retain_prompt(7, 3)) == 7
+    assert images_per_retain_prompt(2, 3) == [1, 1, 1]  # every prompt keeps one image
+    spread = [i for i, n in enumerate(images_per_retain_prompt(50, 45)) if n == 2]
+    assert len(spread) == 5 and min(b - a for a, b in zip(spread, spread[1:])) >= 8  # not bunched at the front
+    config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(
+        retain_images=50, images_per_prompt=1, surrogate_images_per_prompt=0, sample_steps=1
+    )
+    sets = prepare_sets(backend, config)
+    counts = torch.bincount(sets.data.retain_prompt_index, minlength=len(sets.prompts.retain)).tolist()
+    assert len(sets.data.retain_latents) == 50 and counts == images_per_retain_prompt(50, len(sets.prompts.retain))
