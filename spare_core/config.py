@@ -214,7 +214,14 @@ class ErasureConfig:
         maximum=64,
         group="data",
     )
-    retain_images: int = _setting(64, "int", "retain images generated in all", minimum=1, maximum=4096, group="data")
+    retain_images: int = _setting(
+        64,
+        "int",
+        "retain images generated in all, spread evenly over the retain prompts (at least one per prompt)",
+        minimum=1,
+        maximum=4096,
+        group="data",
+    )
     sample_steps: int = _setting(
         10, "int", "sampling steps for the generated sets", minimum=1, maximum=200, advanced=True, group="data"
     )
