@@ -370,7 +370,7 @@ class ErasureConfig:
         maximum=2.0,
     )
     forget_weight: float = _setting(1.0, "float", "weight of the forget term", minimum=0.0, maximum=1e3, advanced=True)
-    retain_weight: float = _setting(2.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
+    retain_weight: float = _setting(5.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
     retain_focus: float = _setting(
         0.8,
         "float",
