@@ -217,7 +217,8 @@ class ErasureConfig:
     retain_images: int = _setting(
         64,
         "int",
-        "retain images generated in all, spread evenly over the retain prompts (at least one per prompt)",
+        "retain images generated in all, rounded up to the same whole number for every retain prompt "
+        "(64 over 45 retain prompts draws 90)",
         minimum=1,
         maximum=4096,
         group="data",
@@ -370,7 +371,7 @@ class ErasureConfig:
         maximum=2.0,
     )
     forget_weight: float = _setting(1.0, "float", "weight of the forget term", minimum=0.0, maximum=1e3, advanced=True)
-    retain_weight: float = _setting(5.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
+    retain_weight: float = _setting(2.0, "float", "weight of the retain term", minimum=0.0, maximum=1e3, advanced=True)
     retain_focus: float = _setting(
         0.8,
         "float",

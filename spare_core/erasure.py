@@ -147,19 +147,8 @@ class _SetDrawer:
         return torch.cat(latents)
 
 
-def images_per_retain_prompt(total: int, prompts: int) -> list[int]:
-    """How many retain images each of ``prompts`` retain prompts gets: ``total`` in all, at least one each.
-
-    The remainder of an uneven split goes to prompts spread evenly over the list
-    (prompt lists are often grouped by subject), not to its first prompts.
-    """
-    total = max(total, prompts)
-    base, extra = divmod(total, prompts)
-    return [base + ((i + 1) * extra // prompts - i * extra // prompts) for i in range(prompts)]
-
-
-def _cache_key(kind: str, prompts: list[str], per_prompt: str, seed: int, config: ErasureConfig) -> str:
-    fields = [kind, config.base_model, per_prompt, str(seed), str(config.sample_steps)]
+def _cache_key(kind: str, prompts: list[str], per_prompt: int, seed: int, config: ErasureConfig) -> str:
+    fields = [kind, config.base_model, str(per_prompt), str(seed), str(config.sample_steps)]
     fields += [str(config.sample_guidance), str(config.generation_batch_size), *prompts]
     # Model settings shape the images too; at their defaults they stay out, so older caches remain valid.
     fields += [f"{name}={getattr(config, name)}" for name in MODEL_SETTINGS if getattr(config, name)]
@@ -200,22 +189,23 @@ def prepare_sets(
     monitor = Monitor(on_event, cancel)
     prompts = build_prompt_set(config, domain_for(backend, domain))
     own = _users_images(backend, config, forget_images, kinds)
-    plan = [("forget", prompts.forget, [config.images_per_prompt] * len(prompts.forget))]
+    per_retain = max(1, -(-config.retain_images // len(prompts.retain)))
+    plan = [("forget", prompts.forget, config.images_per_prompt)]
     if config.surrogate_images_per_prompt > 0 and "surrogate" in kinds:
-        plan.append(("surrogate", prompts.surrogate, [config.surrogate_images_per_prompt] * len(prompts.surrogate)))
+        plan.append(("surrogate", prompts.surrogate, config.surrogate_images_per_prompt))
     if "retain" in kinds:
-        plan.append(("retain", prompts.retain, images_per_retain_prompt(config.retain_images, len(prompts.retain))))
-    drawer = _SetDrawer(backend, config, monitor, sum(sum(counts) for kind, _, counts in plan if kind not in own))
+        plan.append(("retain", prompts.retain, per_retain))
+    drawer = _SetDrawer(backend, config, monitor, sum(len(p) * n for kind, p, n in plan if kind not in own))
     names = [kind for kind, _, _ in plan]
     listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
     monitor.emit("data", 0, drawer.total, message=f"drawing the {listed} images")
     tensors: dict[str, torch.Tensor] = {}
-    for kind, prompt_list, counts in plan:
+    for kind, prompt_list, per_prompt in plan:
         if kind in own:
             latents = torch.cat([backend.encode_images(chunk).float().cpu() for chunk in own[kind].split(16)])
             index = round_robin_index(len(latents), len(prompt_list))
         else:
-            latents, index = _drawn_latents(drawer, kind, prompt_list, counts, config, cache_dir)
+            latents, index = _drawn_latents(drawer, kind, prompt_list, per_prompt, config, cache_dir)
         tensors[f"{kind}_latents"], tensors[f"{kind}_prompt_index"] = latents, index
     if "retain" not in kinds:
         tensors["retain_latents"] = torch.zeros((0, *tensors["forget_latents"].shape[1:]))
@@ -247,17 +237,14 @@ def _drawn_latents(
     drawer: _SetDrawer,
     kind: str,
     prompts: list[str],
-    counts: list[int],
+    per_prompt: int,
     config: ErasureConfig,
     cache_dir: str | Path | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``counts[i]`` images of ``prompts[i]``, from the cache when it holds them."""
     from safetensors.torch import load_file
 
     seed = DATA_SEED_BASE + config.seed * 10_000 + SET_SEED_OFFSETS[kind]
-    index = [i for i, count in enumerate(counts) for _ in range(count)]
-    # One number when every prompt has as many images, so that caches written before counts could differ stay valid.
-    per_prompt = str(counts[0]) if len(set(counts)) == 1 else ",".join(map(str, counts))
+    index = [i for i in range(len(prompts)) for _ in range(per_prompt)]
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{kind}-{_cache_key(kind, prompts, per_prompt, seed, config)}.safetensors"

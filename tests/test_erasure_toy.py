@@ -267,19 +267,3 @@ def test_the_teacher_predicts_the_concept_only_where_the_target_uses_it(backend,
         eps_f = predict(x_t, t, concept.select(torch.zeros(len(x_t), dtype=torch.long))).float()
     target = forget_target(eps_s, eps_f, config.eta, on_surrogate)
     assert report.forget_loss == pytest.approx((student_eps - target).pow(2).mean().item(), rel=1e-4)
-
-
-def test_retain_images_are_as_many_as_asked_spread_over_the_prompts(backend):
-    from spare_core.erasure import images_per_retain_prompt
-
-    assert images_per_retain_prompt(64, 45) == [1 + (i * 19 % 45 >= 45 - 19) for i in range(45)]
-    assert sum(images_per_retain_prompt(64, 45)) == 64 and sum(images_per_retain_prompt(7, 3)) == 7
-    assert images_per_retain_prompt(2, 3) == [1, 1, 1]  # every prompt keeps one image
-    spread = [i for i, n in enumerate(images_per_retain_prompt(50, 45)) if n == 2]
-    assert len(spread) == 5 and min(b - a for a, b in zip(spread, spread[1:])) >= 8  # not bunched at the front
-    config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(
-        retain_images=50, images_per_prompt=1, surrogate_images_per_prompt=0, sample_steps=1
-    )
-    sets = prepare_sets(backend, config)
-    counts = torch.bincount(sets.data.retain_prompt_index, minlength=len(sets.prompts.retain)).tolist()
-    assert len(sets.data.retain_latents) == 50 and counts == images_per_retain_prompt(50, len(sets.prompts.retain))

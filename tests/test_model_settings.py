@@ -114,9 +114,9 @@ def test_a_resolution_the_model_cannot_take_is_refused_before_any_work(toy_copy)
 
 def test_the_cache_keeps_default_keys_and_separates_resolutions():
     config = tiny_config()
-    key = _cache_key("forget", ["a"], "1", 0, config)
-    assert _cache_key("forget", ["a"], "1", 0, config.with_settings(resolution=64)) != key
-    assert _cache_key("forget", ["a"], "1", 0, config.with_settings(prediction="v")) != key
+    key = _cache_key("forget", ["a"], 1, 0, config)
+    assert _cache_key("forget", ["a"], 1, 0, config.with_settings(resolution=64)) != key
+    assert _cache_key("forget", ["a"], 1, 0, config.with_settings(prediction="v")) != key
 
 
 def test_a_backend_without_configure_runs_only_with_the_defaults():
