@@ -80,7 +80,7 @@ from spare_core.toy.evaluate import generate_triples
 from spare_core.toy.harness import TEMPLATES, metric_table, plot_tradeoff
 from spare_core.toy.pipeline import load_toy_classifiers
 from spare_core.toy.robustness import neighbour_attack, rephrasing_attack
-from spare_core.toy.world import EVAL_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
+from spare_core.toy.world import BENCHMARK_CONCEPTS, EVAL_TEMPLATE, PLAIN_STYLE, benchmark_surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNING = ConceptPair("yellow", PLAIN_STYLE)
@@ -130,9 +130,7 @@ ALL_LABELS = ("spare", *BASELINE_ORDER, *ABLATIONS)
 
 
 def all_concepts() -> list[ConceptPair]:
-    pairs = [ConceptPair(s, PLAIN_STYLE) for s in STYLES if s != PLAIN_STYLE]
-    pairs += [ConceptPair(o, OBJECTS[(i + 1) % len(OBJECTS)]) for i, o in enumerate(OBJECTS)]
-    return [p for p in pairs if p.concept != TUNING.concept]
+    return [ConceptPair(c, benchmark_surrogate(c)) for c in BENCHMARK_CONCEPTS if c != TUNING.concept]
 
 
 def method_of(label: str) -> tuple[str, dict]:

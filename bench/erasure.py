@@ -36,7 +36,7 @@ import torch
 from spare_core import ConceptPair, ErasureConfig, build_lora, erase, open_model, proportion, write_json
 from spare_core.toy.erasure_eval import alternative_name_accuracy, alternative_name_ua, focused_evaluation, score
 from spare_core.toy.pipeline import load_toy_classifiers
-from spare_core.toy.world import EVAL_TEMPLATE, HELD_OUT_TEMPLATE, OBJECTS, PLAIN_STYLE, STYLES
+from spare_core.toy.world import BENCHMARK_CONCEPTS, EVAL_TEMPLATE, HELD_OUT_TEMPLATE, benchmark_surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 #: 8 seeds x 6 prompts = 48 generations of each erased concept; the forget/retain sets use seeds >= 1e6.
@@ -60,9 +60,7 @@ VARIANTS: dict[str, dict] = {
 
 
 def concepts(quick: bool) -> list[ConceptPair]:
-    styles = [s for s in STYLES if s != PLAIN_STYLE]
-    pairs = [ConceptPair(s, PLAIN_STYLE) for s in styles]
-    pairs += [ConceptPair(o, OBJECTS[(i + 1) % len(OBJECTS)]) for i, o in enumerate(OBJECTS)]
+    pairs = [ConceptPair(c, benchmark_surrogate(c)) for c in BENCHMARK_CONCEPTS]
     if quick:
         pairs = [pairs[0], pairs[3], pairs[6], pairs[9]]  # red, stripes, circle, cross
     return pairs

@@ -41,7 +41,7 @@ from spare_core import ConceptPair, ErasureConfig, open_model, proportion, write
 from spare_core.erasure import measure_profile, prepare_sets, select_modules, train
 from spare_core.toy.harness import TEMPLATES, BaseGrids, evaluate_edit
 from spare_core.toy.pipeline import load_toy_classifiers
-from spare_core.toy.world import OBJECTS, PLAIN_STYLE, STYLES
+from spare_core.toy.world import benchmark_surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SEEDS = tuple(range(5))
@@ -52,12 +52,11 @@ STAGES = ("data", "saliency", "train")
 
 
 def surrogate_of(concept: str) -> str:
-    """The comparison benchmark's surrogate: ``plain`` for a style, the next object for an object."""
-    if concept in OBJECTS:
-        return OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
-    if concept in STYLES and concept != PLAIN_STYLE:
-        return PLAIN_STYLE
-    raise SystemExit(f"unknown toy concept {concept!r}; use one of {', '.join(OBJECTS + STYLES)}")
+    """The comparison benchmark's surrogate; an unknown concept ends the run with its message."""
+    try:
+        return benchmark_surrogate(concept)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def parse_variant(spec: str) -> dict:

@@ -7,6 +7,7 @@ from spare_core.toy.classifier import to_greyscale
 from spare_core.toy.world import (
     ALTERNATIVE_NAME_RATE,
     ALTERNATIVE_NAMES,
+    BENCHMARK_CONCEPTS,
     EVAL_TEMPLATE,
     FULL_TEMPLATES,
     HELD_OUT_TEMPLATE,
@@ -16,6 +17,7 @@ from spare_core.toy.world import (
     STYLE_TEMPLATES,
     STYLES,
     VOCABULARY,
+    benchmark_surrogate,
     concepts_named,
     degrade,
     labelled_set,
@@ -232,3 +234,16 @@ def test_plain_is_an_outline_drawing():
     pale = (grey > 0.4) & inside
     assert (dark.flatten(1).sum(1) > 20).all()
     assert (pale.flatten(1).sum(1) > 20).all()
+
+
+def test_the_benchmarks_erase_styles_to_plain_and_each_object_to_another_object_once():
+    styles = [c for c in BENCHMARK_CONCEPTS if c in STYLES]
+    objects = [c for c in BENCHMARK_CONCEPTS if c in OBJECTS]
+    assert PLAIN_STYLE not in BENCHMARK_CONCEPTS and len(styles) == len(STYLES) - 1 and objects == list(OBJECTS)
+    assert BENCHMARK_CONCEPTS.index(objects[0]) == len(styles)  # styles first
+    assert {benchmark_surrogate(s) for s in styles} == {PLAIN_STYLE}
+    surrogates = [benchmark_surrogate(o) for o in objects]
+    assert sorted(surrogates) == sorted(objects) and all(s != o for s, o in zip(surrogates, objects, strict=True))
+    assert benchmark_surrogate("cross") == "ring" and benchmark_surrogate("star") == "circle"
+    with pytest.raises(ValueError, match="unknown toy concept 'plain'"):
+        benchmark_surrogate(PLAIN_STYLE)

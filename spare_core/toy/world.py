@@ -31,6 +31,23 @@ OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "st
 STYLES: tuple[str, ...] = ("red", "blue", "yellow", "stripes", "checker", "dots", "plain")
 PLAIN_STYLE = "plain"
 
+
+def benchmark_surrogate(concept: str) -> str:
+    """The surrogate the benchmarks erase a concept toward: ``plain`` for a style, the next object for an object.
+
+    Each object's surrogate is its neighbour in :data:`OBJECTS` (``star`` wraps round to ``circle``), so
+    several surrogates look like what they replace (``cross`` -> ``ring``, ``ring`` -> ``star``).
+    """
+    if concept in OBJECTS:
+        return OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
+    if concept in STYLES and concept != PLAIN_STYLE:
+        return PLAIN_STYLE
+    raise ValueError(f"unknown toy concept {concept!r}; use one of {', '.join(OBJECTS + STYLES[:-1])}")
+
+
+#: The concepts the benchmarks erase, styles first: every style but ``plain``, then every object.
+BENCHMARK_CONCEPTS: tuple[str, ...] = tuple(s for s in STYLES if s != PLAIN_STYLE) + OBJECTS
+
 #: Every other name of each concept: synonyms (one word), then phrasings that
 #: name the concept without its word. Captions name a concept by one of these
 #: at ``ALTERNATIVE_NAME_RATE``; a domain's default forget prompts never do.
