@@ -42,7 +42,8 @@ def benchmark_surrogate(concept: str) -> str:
         return OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
     if concept in STYLES and concept != PLAIN_STYLE:
         return PLAIN_STYLE
-    raise ValueError(f"unknown toy concept {concept!r}; use one of {', '.join(OBJECTS + STYLES[:-1])}")
+    erasable = [c for c in STYLES + OBJECTS if c != PLAIN_STYLE]
+    raise ValueError(f"unknown toy concept {concept!r}; use one of {', '.join(erasable)}")
 
 
 #: The concepts the benchmarks erase, styles first: every style but ``plain``, then every object.
