@@ -11,8 +11,6 @@ from bench_module import load_bench
 from spare_core import ConceptPair
 from spare_core.toy.harness import EvalReport, TemplateResult
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _record(label: str, concept: str, ua_hits: list[int], ira_hits: list[int], seconds: float, reached: bool):
     """A job record as the benchmark's worker returns it, with chosen outcomes."""

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from bench_module import load_bench
 
 from spare_core import ConceptPair, ErasureConfig
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(bench, concept: str, seed: int, ira: tuple[int, int]) -> dict:
