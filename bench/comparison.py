@@ -219,13 +219,18 @@ class ComparisonWorker:
         meta = {JOB_HASH_KEY: job_hash}
         if job.method == "spare":
             result = erase(self.backend, config, probe=probe, probe_every=PROBE_EVERY)
-            lora_from_adapter(result.adapter, self.backend, config, meta).write(job.output)
             edit, trainable = result.adapter, result.adapter.num_trainable()
+
+            def write_output() -> None:
+                lora_from_adapter(result.adapter, self.backend, config, meta).write(job.output)
         else:
             overrides = {"lr": job.settings["lr"]} if "lr" in job.settings else {}
             result = run_baseline(self.backend, job.method, config, probe=probe, probe_every=PROBE_EVERY, **overrides)
-            result.save(job.output, self.backend, metadata=meta)
             edit, trainable = result.edit, result.num_trainable()
+
+            def write_output() -> None:
+                result.save(job.output, self.backend, metadata=meta)
+
             if not result.method.trained:
                 t0 = time.perf_counter()
                 curve.append((0, round(t0 - began - probe_seconds[0], 2), measure(edit)))
@@ -250,6 +255,9 @@ class ComparisonWorker:
                 self.attacks.attack(attacked, edit, within_job=True)
             elif not is_current(saved):
                 self.attacks.update(attacked, saved, edit)
+        # Written last: an output that carries the job's hash is what makes a re-run skip the job, so it
+        # must not exist before the job's evaluation and attacks have finished.
+        write_output()
         return {
             "label": label,
             "seconds": round(seconds, 2),
@@ -327,9 +335,11 @@ def run_rows(
             keep_records(fresh[-1:], kept)
         failed = [j for j in fresh if j["status"] != "done" or "report" not in j]
         if failed and not allow_failed:
-            raise SystemExit(
-                f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {failed[0].get('error')}"
+            why = failed[0].get("error") or (
+                "its output carries the job's settings hash but the job left no record (an output written "
+                "by an earlier version of this benchmark before its evaluation); delete the output and run again"
             )
+            raise SystemExit(f"{len(failed)} jobs did not finish, e.g. {failed[0].get('output')}: {why}")
     else:
         fresh = [r for r in gather_batch(jobs, folder / "results").jobs if r["status"] == "done" and "report" in r]
         keep_records(fresh, kept)

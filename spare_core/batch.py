@@ -54,7 +54,7 @@ STALE_AFTER_SECONDS = 60.0
 JOB_HASH_KEY = "spare_job_hash"
 #: Settings added after job hashes were first written: left out of a hash while at the value that
 #: reproduces the runs made before they existed (``SETTINGS_BEFORE_THEY_EXISTED``), so those keep their hash.
-LATER_SETTINGS = ("robust", "retain_focus", "preserve_weight", "retain_focus_surrogate")
+LATER_SETTINGS = ("robust", "retain_focus", "preserve_weight", "retain_focus_surrogate", "retain_timesteps")
 #: The settings a baseline never reads (SPARE's saliency, timesteps and training), with the values its hash
 #: was first written with: a baseline's hash holds these, so that a change of SPARE's defaults does not
 #: make finished baseline jobs run again. ``lr`` and ``steps`` given in a baseline job's settings are its
@@ -334,7 +334,9 @@ def output_hash(path: Path) -> str | None:
         return None
 
 
-#: Runs one job: ``(job, settings hash, process) -> figures to report`` (it writes ``job.output``).
+#: Runs one job: ``(job, settings hash, process) -> figures to report``. It writes ``job.output``, with the
+#: hash in its metadata, as its last act: a re-run skips a job whose output carries its hash, so a worker
+#: that does more after writing it (an evaluation) would leave a stopped job looking finished.
 JobWorker = Callable[[BatchJob, str, ProcessInfo], dict]
 
 

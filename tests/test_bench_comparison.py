@@ -9,6 +9,7 @@ import torch
 from bench_module import load_bench
 
 from spare_core import ConceptPair
+from spare_core.batch import output_hash
 from spare_core.toy.harness import EvalReport, TemplateResult
 
 
@@ -290,3 +291,24 @@ def test_a_sigterm_stops_the_whole_run_and_never_counts_as_a_failed_rate(tmp_pat
     with pytest.raises(SystemExit, match="SIGTERM"):
         bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"esd_x"}, True, worker=worker)
     assert ran == [1e-5]  # the later trials did not run, so no rate is chosen from the others
+
+
+def test_a_job_stopped_before_its_evaluation_finished_leaves_no_output_and_runs_again(tmp_path, monkeypatch):
+    """The output (whose hash makes a re-run skip the job) is written only after the evaluation."""
+    bench = load_bench("comparison")
+    rows = [("uce", ConceptPair("red", "plain"), None)]
+    (job,), _ = bench.build_jobs(rows, tmp_path / "work")
+    evaluate = bench.evaluate_edit
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("evaluation stopped part-way")
+
+    monkeypatch.setattr(bench, "evaluate_edit", stopped)
+    with pytest.raises(SystemExit, match="did not finish"):
+        bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"uce"})
+    assert not job.output.exists()
+
+    monkeypatch.setattr(bench, "evaluate_edit", evaluate)
+    (record,) = bench.run_rows(rows, tmp_path / "work", (0,), ("evaluation",), {"uce"})
+    assert record["status"] == "done" and "evaluation" in record["report"]["templates"]
+    assert output_hash(job.output) == job.settings_hash("toy")
