@@ -16,11 +16,13 @@ most can be found.
 Evaluation is the comparison's: ``spare eval``'s harness, evaluation seeds
 0-4 of every object x style prompt on both templates. Results are written
 after every erasure to ``bench/results/seed_stability.json``; a re-run skips
-the erasures already there (same concept, variant and seeds). An erasure's
-seconds are its stages' time; the image sets are drawn once per concept, data
-seed and settings that shape them, so later variants reuse them and read
-faster (time erasures with ``bench/erasure.py`` instead). Run it alone:
-two torch processes on 2 cores slow each other about tenfold.
+the erasures already there (same concept, variant, seeds and settings: an
+earlier run whose variant now means other settings, because a default changed,
+is run again and replaced). An erasure's seconds are its stages' time; the
+image sets are drawn once per concept, data seed and settings that shape them,
+so later variants reuse them and read faster (time erasures with
+``bench/erasure.py`` instead). Run it alone: two torch processes on 2 cores
+slow each other about tenfold.
 
     .venv/bin/python bench/seed_stability.py                                  # defaults, 4 concepts x 3 seeds
     .venv/bin/python bench/seed_stability.py --concepts cross --variants default retain_weight=3
@@ -31,6 +33,7 @@ two torch processes on 2 cores slow each other about tenfold.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import tempfile
@@ -84,6 +87,14 @@ def stage_seeds(seeds: list[int], swap: list[int] | None) -> list[dict[str, int]
 
 def run_key(concept: str, variant: str, seeds: dict[str, int]) -> str:
     return f"{concept}|{variant}|" + ",".join(f"{stage}={seeds[stage]}" for stage in STAGES)
+
+
+def settings_hash(pair: ConceptPair, overrides: dict) -> str:
+    """Every setting of a variant's erasure but the seed, so that a run made before the defaults changed
+    (a ``default`` run, or a variant that overrides only some settings) is not taken for a present one."""
+    settings = json.loads(ErasureConfig([pair]).with_settings(**overrides).to_json())
+    settings.pop("seed")
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Runner:
@@ -216,8 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(args.out, results)
         return results
 
-    done = {run["key"] for run in previous}
-    runs = list(previous)
+    present = {(p.concept, spec): settings_hash(p, overrides) for p in pairs for spec, overrides in variants.items()}
+    stale = [
+        run for run in previous
+        if present.get((run["concept"], run["variant"]), run.get("settings_hash")) != run.get("settings_hash")
+    ]  # fmt: skip
+    if stale:
+        print(f"{len(stale)} earlier runs were made with other settings (the defaults changed since): run again")
+    runs = [run for run in previous if run not in stale]
+    done = {run["key"] for run in runs}
     with tempfile.TemporaryDirectory(prefix="spare-seeds-") as cache:
         runner = None
         for pair, (spec, overrides), seeds in itertools.product(
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             runner = runner or Runner(Path(cache))
             run = {"key": key, "concept": pair.concept, "surrogate": pair.surrogate, "variant": spec,
-                   "settings": overrides, "seeds": seeds}  # fmt: skip
+                   "settings": overrides, "settings_hash": present[(pair.concept, spec)], "seeds": seeds}  # fmt: skip
             run |= runner.erase_and_score(pair, overrides, seeds)
             runs.append(run)
             ev, held = run["scores"]["evaluation"], run["scores"]["held_out"]

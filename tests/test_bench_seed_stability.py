@@ -59,3 +59,37 @@ def test_spread_is_over_seeds_and_pooled_concepts_pool_each_seed_first():
     # Seed 0 pools 44 of 60, seed 1 51 of 60: the spread is between those, not between single concepts.
     assert (pooled["min"], pooled["max"]) == (round(44 / 60, 4), 0.85)
     assert (pooled["pooled"]["k"], pooled["pooled"]["n"]) == (95, 120)
+
+
+def test_a_run_made_with_other_settings_is_run_again_and_replaced(tmp_path, monkeypatch):
+    """A ``default`` run kept from before a default changed is not taken for a run of the present defaults."""
+    import json
+
+    bench = load_bench("seed_stability")
+    erased = []
+
+    class FakeRunner:
+        def __init__(self, cache_dir):
+            pass
+
+        def erase_and_score(self, pair, overrides, seeds):
+            erased.append((pair.concept, seeds["train"]))
+            figure = {"k": 29, "n": 30, "value": 0.9667}
+            scores = {m: figure for m in bench.METRICS} | {"base": {m: figure for m in bench.METRICS}}
+            return {"seconds": 1.0, "modules": [], "scores": {"evaluation": scores, "held_out": scores}}
+
+    monkeypatch.setattr(bench, "Runner", FakeRunner)
+    out = tmp_path / "seeds.json"
+    args = ["--concepts", "cross", "--seeds", "0", "1", "--out", str(out)]
+    bench.main(args)
+    assert erased == [("cross", 0), ("cross", 1)]
+    bench.main(args)
+    assert len(erased) == 2  # the same settings: nothing runs again
+
+    saved = json.loads(out.read_text())
+    saved["runs"][0]["settings_hash"] = "the defaults of an earlier version"
+    out.write_text(json.dumps(saved))
+    results = bench.main(args)
+    assert erased[2:] == [("cross", 0)]
+    assert len(results["runs"]) == 2
+    assert {r["settings_hash"] for r in results["runs"]} == {bench.settings_hash(ConceptPair("cross", "ring"), {})}
