@@ -25,6 +25,8 @@ SALIENCY_MODES = ("denoise", "forget", "forget_over_retain")
 MODULE_SCOPES = ("all", "attention", "cross_attention", "text")
 #: How training timesteps are drawn.
 TIMESTEP_MODES = ("profile", "uniform")
+#: How the retain term's timesteps are drawn.
+RETAIN_TIMESTEP_MODES = ("uniform", "forget")
 #: Prediction types a user may force ("" = what the model itself says; see ``ErasureConfig.prediction``).
 PREDICTION_TYPES = ("", "eps", "v")
 #: Image files read from a user's folder.
@@ -38,6 +40,7 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {
     "retain_focus": 0.0,
     "preserve_weight": 0.0,
     "retain_focus_surrogate": False,
+    "retain_timesteps": "uniform",
 }
 
 
@@ -386,6 +389,14 @@ class ErasureConfig:
         "bool",
         "the retain focus also favours the retain prompts nearest the surrogate (an object erased toward a "
         "surrogate otherwise tends to lose some of the surrogate's own prompts to the erasure)",
+        advanced=True,
+    )
+    retain_timesteps: str = _setting(
+        "uniform",
+        "choice",
+        "how the retain term's timesteps are drawn: uniformly, or as the forget term's are (from the "
+        "concept's timestep profile), which holds the retained prompts where the erasure acts",
+        choices=RETAIN_TIMESTEP_MODES,
         advanced=True,
     )
     preserve_weight: float = _setting(

@@ -6,7 +6,8 @@ Teacher: the same model with the adapter detached. Per step:
   on forget latents, ``t`` from the timestep sampler (eta 0: the paper's pure
   self-distillation; eta 1: ESD's target with the surrogate as reference);
   optional images of the surrogate prompts join the forget latents, with eta 0;
-* retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents;
+* retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents, ``t``
+  uniform or (``retain_timesteps`` ``forget``) from the forget term's sampler;
 * preserve (``preserve_weight > 0``): the adapter's relative change to what the
   prompt-reading modules compute from the retain and surrogate prompts' token
   states (:mod:`spare_core.preservation`; no model pass);
@@ -205,7 +206,9 @@ class SelfDistillationTrainer:
         self.optimizer = torch.optim.AdamW(
             adapter.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.retain_sampler = TimestepSampler.uniform(backend.num_train_timesteps)
+        self.retain_sampler = (
+            sampler if config.retain_timesteps == "forget" else TimestepSampler.uniform(backend.num_train_timesteps)
+        )
         self.retain_odds = (
             retain_sampling_weights(data, config.retain_focus, surrogate=config.retain_focus_surrogate)
             if config.retain_focus > 0 and len(data.retain_latents)

@@ -267,3 +267,44 @@ def test_the_teacher_predicts_the_concept_only_where_the_target_uses_it(backend,
         eps_f = predict(x_t, t, concept.select(torch.zeros(len(x_t), dtype=torch.long))).float()
     target = forget_target(eps_s, eps_f, config.eta, on_surrogate)
     assert report.forget_loss == pytest.approx((student_eps - target).pow(2).mean().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "forget"])
+def test_retain_timesteps_are_drawn_uniformly_or_as_the_forget_terms(backend, monkeypatch, mode):
+    """With the forget sampler on one timestep, the retain rows share it only under ``retain_timesteps`` forget."""
+    from spare_core.adapter import SparseLoRA, normal_weights
+    from spare_core.trainer import TrainingData
+
+    concept = backend.encode_prompts(["a circle in red style"])
+    surrogate = backend.encode_prompts(["a circle in plain style"])
+    retain = backend.encode_prompts(["a square in blue style"])
+    latents = torch.randn((8, *backend.latent_shape), generator=torch.Generator().manual_seed(3))
+    empty = torch.zeros((0, *backend.latent_shape))
+    one_prompt = torch.zeros(4, dtype=torch.long)
+    data = TrainingData(
+        latents[:4], one_prompt, concept, surrogate, latents[4:], one_prompt, retain, empty, torch.zeros(0).long()
+    )
+    config = ErasureConfig([ConceptPair("red", "plain")]).with_settings(
+        retain_timesteps=mode, retain_focus=0.0, batch_size=16, steps=1
+    )
+    adapter = SparseLoRA(backend.denoiser(), ["mid_block.attentions.0.transformer_blocks.0.attn2.to_v"], 4, 4.0)
+    only_137 = torch.zeros(1000)
+    only_137[137] = 1.0
+    trainer = SelfDistillationTrainer(backend, adapter, data, TimestepSampler(only_137), config)
+    seen = []
+    predict = backend.predict_noise
+
+    def recording(x_t, t, cond):
+        seen.append(t.clone())
+        return predict(x_t, t, cond)
+
+    monkeypatch.setattr(backend, "predict_noise", recording)
+    with torch.inference_mode(False), normal_weights(backend.denoiser()):
+        trainer.train_step()
+    student_t = seen[-1]
+    forget_t, retain_t = student_t[:16], student_t[16:]
+    assert len(retain_t) == 16 and bool((forget_t == 137).all())
+    if mode == "forget":
+        assert bool((retain_t == 137).all())
+    else:
+        assert int((retain_t != 137).sum()) >= 14  # uniform over 1000 steps: a repeat of 137 is rare

@@ -107,7 +107,7 @@ def test_a_baselines_hash_ignores_spare_only_settings_but_not_its_overrides(tmp_
     # The hash a baseline job had when hashes were first written: the whole configuration of that time.
     config = json.loads(plain.config("toy").to_json())
     config.update(BASELINE_HASHED_AS)
-    for name in ("robust", "retain_focus", "preserve_weight", "retain_focus_surrogate"):
+    for name in ("robust", "retain_focus", "preserve_weight", "retain_focus_surrogate", "retain_timesteps"):
         config.pop(name)
     first = hashlib.sha256(json.dumps({"method": "esd_x", "config": config}, sort_keys=True).encode()).hexdigest()
     assert plain.settings_hash("toy") == first[:16]
