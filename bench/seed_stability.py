@@ -228,13 +228,14 @@ def main(argv: list[str] | None = None) -> dict:
         return results
 
     present = {(p.concept, spec): settings_hash(p, overrides) for p in pairs for spec, overrides in variants.items()}
-    stale = [
-        run for run in previous
-        if present.get((run["concept"], run["variant"]), run.get("settings_hash")) != run.get("settings_hash")
-    ]  # fmt: skip
-    if stale:
-        print(f"{len(stale)} earlier runs were made with other settings (the defaults changed since): run again")
-    runs = [run for run in previous if run not in stale]
+
+    def is_current(run: dict) -> bool:  # runs of variants not asked for now are kept as they are
+        wanted = present.get((run["concept"], run["variant"]))
+        return wanted is None or run.get("settings_hash") == wanted
+
+    runs = [run for run in previous if is_current(run)]
+    if len(runs) < len(previous):
+        print(f"{len(previous) - len(runs)} earlier runs were made with other settings (a default changed): run again")
     done = {run["key"] for run in runs}
     with tempfile.TemporaryDirectory(prefix="spare-seeds-") as cache:
         runner = None

@@ -95,10 +95,10 @@ def test_a_job_hash_leaves_out_a_later_setting_at_the_value_of_the_runs_before_i
         config.pop(name)
     before = hashlib.sha256(json.dumps({"method": "spare", "config": config}, sort_keys=True).encode()).hexdigest()
     assert job.settings_hash("toy") == before[:16]
-    other_values = {bool: lambda old: not old, str: lambda old: "forget", float: lambda old: 0.3}
     for name in LATER_SETTINGS:  # any other value is a different run
-        other = other_values[type(old_values[name])](old_values[name])
-        assert other != old_values[name]
+        old = old_values[name]
+        other = (not old) if isinstance(old, bool) else "forget" if isinstance(old, str) else 0.3
+        assert other != old
         changed = {**entry, "settings": {**entry["settings"], name: other}}
         assert parse_jobs([changed], tmp_path)[0].settings_hash("toy") != job.settings_hash("toy")
 
