@@ -99,6 +99,21 @@ def _add_setting_options(p: argparse.ArgumentParser) -> None:
             group.add_argument(*names, type=number, metavar={"str": "TEXT"}.get(s.kind, s.kind.upper()), **kw)
 
 
+#: `spare eval --attacks` values (the harness's attacks; the command line names them without importing torch).
+ATTACK_CHOICES = ("neighbours", "rephrasing", "inversion")
+
+
+def _attacks(values: list[str]) -> list[str]:
+    """The attacks `--attacks` names: some of :data:`ATTACK_CHOICES`, ``all`` or ``none`` (alone)."""
+    if len(values) > 1 and {"all", "none"} & set(values):
+        raise UsageError(f"--attacks {' '.join(values)}: give 'all' or 'none' alone, or some of the attacks")
+    if values == ["all"]:
+        return list(ATTACK_CHOICES)
+    if values == ["none"]:
+        return []
+    return list(dict.fromkeys(values))
+
+
 def _concept_pairs(args: argparse.Namespace) -> list:
     from . import pair_concepts
 
@@ -391,6 +406,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("on a real model use --protocol unlearncanvas with the benchmark's model and classifiers")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    attacks = _attacks(args.attacks)
     for path in args.edits:
         if not Path(path).is_file():
             raise UsageError(
@@ -414,7 +430,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             templates=args.templates,
             strength=args.strength,
             base=base,
-            attacks=args.attacks,
+            attacks=attacks,
         ).as_dict()
         report["file"] = str(path)
         stem = Path(path).name.split(".")[0]
@@ -612,9 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strength", type=float, default=1.0, help="strength the edit is applied at (default 1.0)")
     p.add_argument(
-        "--attacks", nargs="*", default=["neighbours", "rephrasing"], choices=["neighbours", "rephrasing", "inversion"],
-        help="toy: robustness checks per erased concept (default: neighbours rephrasing; inversion learns a word "
-        "against the erased model, about a minute per concept; none: --attacks with no value)",
+        "--attacks", nargs="+", default=["neighbours", "rephrasing"], choices=[*ATTACK_CHOICES, "all", "none"],
+        help="toy: robustness checks per erased concept, some of neighbours rephrasing inversion, or all, or none "
+        "(default: neighbours rephrasing; inversion learns a word against the erased model, a minute per concept)",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5.0)")

@@ -102,3 +102,20 @@ def test_every_option_of_every_command_is_explained():
     for name in ("profile", "saliency", "erase", "generate"):
         options = {s for a in subparsers.choices[name]._actions for s in a.option_strings}
         assert {"--device", "--dtype", "--model"} <= options, name
+
+
+def test_eval_attacks_are_named_all_or_none_never_left_empty(capsys, tmp_path):
+    from spare_core.cli import ATTACK_CHOICES, _attacks
+    from spare_core.toy.harness import ATTACKS
+
+    assert ATTACK_CHOICES == ATTACKS  # the command line offers exactly the harness's attacks
+    assert _attacks(["all"]) == list(ATTACKS)
+    assert _attacks(["none"]) == []
+    assert _attacks(["inversion", "neighbours", "inversion"]) == ["inversion", "neighbours"]
+    edit = tmp_path / "edit.safetensors"
+    edit.write_bytes(b"")
+    # A bare --attacks once meant "no attacks" silently; now it is refused, as is "none" beside an attack.
+    for argv, message in (([], "expected at least one argument"), (["all", "none"], "give 'all' or 'none' alone")):
+        code, err = _run(capsys, "eval", str(edit), "--out", str(tmp_path / "eval"), "--attacks", *argv)
+        assert code == 2 and message in err
+    assert not (tmp_path / "eval").exists()
