@@ -33,6 +33,7 @@ Protocol (the same for every method):
     .venv/bin/python bench/comparison.py --quick       # 2 concepts, SPARE and the four baselines, no sweep
     .venv/bin/python bench/comparison.py               # everything (several hours on 2 cores)
     .venv/bin/python bench/comparison.py --table bench/results/comparison.json
+    .venv/bin/python bench/comparison.py --labels spare --concepts dots checker cross   # a trial on some concepts
 """
 
 from __future__ import annotations
@@ -776,6 +777,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="folder of finished jobs' records, kept between machines (a job recorded there with its present "
         "settings does not run again); --quick uses WORK/records",
     )  # fmt: skip
+    p.add_argument(
+        "--concepts", nargs="+",
+        help="run only these concepts (default: all but the tuning one; the sweep still runs on the tuning one)",
+    )  # fmt: skip
     p.add_argument("--table", type=Path, help="print the table of a results file and exit")
     p.add_argument("--no-robustness", action="store_true", help="skip the attacks on the finished erasures")
     p.add_argument(
@@ -795,6 +800,11 @@ def main(argv: list[str] | None = None) -> dict:
     concepts = all_concepts()
     if args.quick:
         concepts = [c for c in concepts if c.concept in ("red", "circle")]
+    if args.concepts:
+        unknown = sorted(set(args.concepts) - {c.concept for c in concepts})
+        if unknown:
+            p.error(f"unknown concept(s) {', '.join(unknown)}; use some of {', '.join(c.concept for c in concepts)}")
+        concepts = [c for c in concepts if c.concept in args.concepts]
     began = time.perf_counter()
     kept = args.work / "records" if args.quick and args.records == RECORDS else args.records
     chosen, sweep_records = ({}, []) if args.quick else sweep(labels, args.work, args.gather, kept)
