@@ -46,6 +46,30 @@ def proportion(k: int, n: int, confidence: float = 0.95, digits: int = 4) -> dic
     }
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of ``values``: two of their order statistics.
+
+    With the values sorted, ``[x_(j), x_(n+1-j)]`` holds the population median
+    with probability ``1 - 2 P(B <= j - 1)``, ``B ~ Binomial(n, 1/2)`` (the
+    sign-test interval; Conover 1999, "Practical Nonparametric Statistics",
+    3rd ed., section 3.2). The largest ``j`` whose coverage reaches
+    ``confidence`` is used; where even ``j = 1`` falls short (fewer than 6
+    values at 95 %), the interval is the whole range, and holds less.
+    """
+    if not values:
+        raise ValueError("a median needs at least one value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    ordered, n = sorted(values), len(values)
+    below, j = 0.0, 1  # below: P(B <= j - 1)
+    while j < (n + 1) // 2:
+        below_next = below + math.comb(n, j) / 2**n
+        if 1 - 2 * below_next < confidence:
+            break
+        below, j = below_next, j + 1
+    return ordered[j - 1], ordered[n - j]
+
+
 def paired_bootstrap(
     a: Sequence[float], b: Sequence[float], reps: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict:

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from spare_core import proportion, wilson_interval
+from spare_core.stats import median_interval
 
 Z95 = 1.959963984540054
 
@@ -72,3 +73,27 @@ def test_the_paired_bootstrap_keeps_pairs_so_shared_variation_cancels():
     assert paired_bootstrap(one_flip, shared)["significant"] is False  # 1 unit in 200 is noise
     with pytest.raises(ValueError, match="equally long"):
         paired_bootstrap([1, 0], [1])
+
+
+def _sign_test_coverage(n: int, j: int) -> float:
+    """P(x_(j) <= median <= x_(n+1-j)) for n values: 1 - 2 P(Binomial(n, 1/2) <= j - 1)."""
+    return 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2**n
+
+
+@pytest.mark.parametrize("n", [6, 7, 11, 20, 33])
+def test_the_median_interval_takes_the_narrowest_pair_of_order_statistics_that_covers_95_percent(n):
+    values = [10.0 * i for i in range(n, 0, -1)]  # unsorted on purpose: the function sorts
+    low, high = median_interval(values)
+    j = round(low / 10.0)  # the j-th smallest value is 10 j
+    assert high == 10.0 * (n + 1 - j)
+    assert _sign_test_coverage(n, j) >= 0.95
+    assert _sign_test_coverage(n, j + 1) < 0.95  # one step narrower would cover less than asked
+
+
+def test_the_median_interval_of_few_values_is_their_range_and_bad_input_is_refused():
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    assert median_interval([4.0]) == (4.0, 4.0)
+    with pytest.raises(ValueError, match="at least one"):
+        median_interval([])
+    with pytest.raises(ValueError, match="confidence"):
+        median_interval([1.0, 2.0], confidence=1.0)
