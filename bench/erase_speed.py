@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         for variant, settings in overrides.items()
         for concept in args.concepts
     }
+    for config in configs.values():  # a misspelt setting or a value out of range fails before any erasure
+        config.validate()
     torch.set_num_threads(2)
     backend = open_model()
     results: dict = {"torch_threads": torch.get_num_threads(), "variants": overrides, "runs": [], "summary": {}}
