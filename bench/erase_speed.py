@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
         config.validate()
     torch.set_num_threads(2)
     backend = open_model()
-    results: dict = {"torch_threads": torch.get_num_threads(), "variants": overrides, "runs": [], "summary": {}}
+    results: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "variants": overrides,
+        # Every variant's settings in full, so that "default" still says what it was after the defaults change.
+        "settings": {variant: json.loads(configs[(variant, args.concepts[0])].to_json()) for variant in args.variants},
+        "runs": [],
+        "summary": {},
+    }
     for round_index in range(args.rounds):
         for concept_index, concept in enumerate(args.concepts):
             for variant in run_order(args.variants, concept_index + round_index):

@@ -392,10 +392,10 @@ class ErasureConfig:
         advanced=True,
     )
     retain_timesteps: str = _setting(
-        "uniform",
+        "forget",
         "choice",
-        "how the retain term's timesteps are drawn: uniformly, or as the forget term's are (from the "
-        "concept's timestep profile), which holds the retained prompts where the erasure acts",
+        "how the retain term's timesteps are drawn: as the forget term's are (from the concept's timestep "
+        "profile), which holds the retained prompts where the erasure acts, or uniformly",
         choices=RETAIN_TIMESTEP_MODES,
         advanced=True,
     )

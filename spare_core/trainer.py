@@ -7,7 +7,7 @@ Teacher: the same model with the adapter detached. Per step:
   self-distillation; eta 1: ESD's target with the surrogate as reference);
   optional images of the surrogate prompts join the forget latents, with eta 0;
 * retain: ``MSE(eps_{theta+D}(x_t, c), sg[eps(x_t, c)])`` on retain latents, ``t``
-  uniform or (``retain_timesteps`` ``forget``) from the forget term's sampler;
+  from the forget term's sampler (``retain_timesteps`` ``forget``, the default) or uniform;
 * preserve (``preserve_weight > 0``): the adapter's relative change to what the
   prompt-reading modules compute from the retain and surrogate prompts' token
   states (:mod:`spare_core.preservation`; no model pass);

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 from bench_module import load_bench
+
+from spare_core import SettingsError
 
 
 def _run(variant: str, concept: str, seconds: float, round_index: int = 0) -> dict:
@@ -58,3 +61,38 @@ def test_the_table_shows_each_variants_median_stages_and_ratio():
     assert len(rows) == 4
     assert rows[2].startswith("| default | 1 | 30.0 [30.0, 30.0] | 7.5 | 1.0 | 0.5 | 15.0 | - |")
     assert rows[3].endswith("| 0.800 [0.800, 0.800] |")
+
+
+class _Result:
+    seconds = {"data": 1.0, "profile": 0.1, "saliency": 0.1, "train": 2.0}
+
+
+def test_main_records_each_variants_full_settings_and_checks_every_variant_before_erasing(tmp_path, monkeypatch):
+    bench = load_bench("erase_speed")
+    erased: list[tuple[str, str]] = []
+
+    def fake_erase(backend, config):
+        erased.append((config.concepts[0].concept, config.retain_timesteps))
+        return _Result()
+
+    clock = iter(range(0, 1000, 30))  # every erasure takes 30 s on this clock
+    monkeypatch.setattr(bench, "open_model", lambda: object())
+    monkeypatch.setattr(bench, "erase", fake_erase)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    out = tmp_path / "speed.json"
+    results = bench.main(["--concepts", "red", "cross", "--variants", "default", "retain_timesteps=uniform",
+                          "--out", str(out)])  # fmt: skip
+
+    # Each concept erased once per variant, the second concept with the variants' order rotated.
+    default_mode = bench.ErasureConfig(concepts=[bench.ConceptPair("red", "blue")]).retain_timesteps
+    assert erased == [("red", default_mode), ("red", "uniform"), ("cross", "uniform"), ("cross", default_mode)]
+    # "default" is kept with what it meant on the day: every setting, not only the overrides.
+    assert results["settings"]["default"]["retain_timesteps"] == default_mode
+    assert results["settings"]["retain_timesteps=uniform"]["retain_timesteps"] == "uniform"
+    assert results["summary"]["retain_timesteps=uniform"]["ratio_to_default"]["pairs"] == 2
+    assert out.exists()
+
+    erased.clear()
+    with pytest.raises(SettingsError, match="top_k"):
+        bench.main(["--concepts", "red", "--variants", "default", "top_k=-3", "--out", str(tmp_path / "x.json")])
+    assert erased == []
