@@ -118,7 +118,7 @@ UNRECORDED_INVERSION_BUDGET = InversionBudget(
     restarts=1,
 )  # fmt: skip
 #: The speed reference timed before every job: forward and backward passes of the toy denoiser on a fixed
-#: batch. Jobs run on different machines and days (this 2-core machine's speed has varied by 1.6x between
+#: batch. Jobs run on different machines and days (this 2-core machine's speed has varied by more than 3x between
 #: sessions), so the table also gives each method's seconds scaled to one reference speed.
 REFERENCE_PASSES = 10
 REFERENCE_BATCH = 16
